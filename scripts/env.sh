@@ -1,0 +1,13 @@
+# Sourced by the launchers: installs libtorch (from the PyPI wheel torch==2.11.0) into .deps/
+# on first use and exports what tch's build needs. Only the CPU runtime's dependencies are
+# installed: libtorch_cpu links libcudart and libcupti, nothing else of the CUDA stack.
+FER_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+FER_PY="$FER_ROOT/.deps/py"
+if [ ! -f "$FER_PY/torch/lib/libtorch_cpu.so" ]; then
+    echo "fer: installing libtorch 2.11.0 (PyPI wheel torch==2.11.0) into .deps/ ..." >&2
+    python3 -m pip install --quiet --disable-pip-version-check --no-deps --target "$FER_PY.partial" \
+        torch==2.11.0 nvidia-cuda-runtime nvidia-cuda-cupti || return 1 2>/dev/null || exit 1
+    rm -rf "$FER_PY" && mv "$FER_PY.partial" "$FER_PY"
+fi
+export LIBTORCH="$FER_PY/torch"
+export LIBTORCH_CXX11_ABI=1

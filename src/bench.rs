@@ -1,0 +1,79 @@
+//! `fer bench`: the same measurements as `../shared/bench/torch_reference.py`, printed as the
+//! same JSON fields, so a line from each can be compared directly.
+
+use serde_json::json;
+use std::time::Instant;
+use tch::nn::ModuleT;
+use tch::{Device, Kind, Tensor};
+
+use crate::config::Config;
+use crate::optim::Optimizer;
+use crate::train::Trained;
+
+pub struct BenchArgs {
+    pub mode: String,
+    pub model: String,
+    pub batch: usize,
+    pub steps: usize,
+    pub warmup: usize,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Runs one measurement and returns its JSON line.
+pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
+    tch::manual_seed(0);
+    let mut config = Config::for_network(&args.model);
+    config.train.optimizer = crate::config::OptimizerKind::Adamw;
+    let model = Trained::new(&config, Device::Cpu)?;
+    let b = args.batch as i64;
+    let x = Tensor::rand([b, 1, 48, 48], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
+    let y = Tensor::randint(7, [b], (Kind::Int64, Device::Cpu));
+    let mut times = Vec::with_capacity(args.steps);
+    let result = match args.mode.as_str() {
+        "step" => {
+            let mut opt = Optimizer::new(&model.vs, &config.train);
+            for i in 0..args.warmup + args.steps {
+                let t = Instant::now();
+                opt.zero_grad();
+                let loss = model.net.forward_t(&x, true).cross_entropy_for_logits(&y);
+                loss.backward();
+                opt.step();
+                let _ = loss.double_value(&[]);
+                if i >= args.warmup {
+                    times.push(t.elapsed().as_secs_f64());
+                }
+            }
+            let med = median(times);
+            json!({"median_step_s": med, "img_per_s": b as f64 / med})
+        }
+        "infer" => {
+            tch::no_grad(|| {
+                for i in 0..args.warmup + args.steps {
+                    let t = Instant::now();
+                    let _ = model.net.forward_t(&x, false);
+                    if i >= args.warmup {
+                        times.push(t.elapsed().as_secs_f64());
+                    }
+                }
+            });
+            let med = median(times);
+            json!({"median_batch_s": med, "img_per_s": b as f64 / med})
+        }
+        other => anyhow::bail!("unknown bench mode `{other}` (step, infer)"),
+    };
+    let mut line = json!({
+        "engine": "fer-tch-0.24-libtorch-2.11",
+        "mode": args.mode,
+        "model": args.model,
+        "batch": args.batch,
+        "threads": tch::get_num_threads(),
+    });
+    for (k, v) in result.as_object().unwrap() {
+        line[k] = v.clone();
+    }
+    Ok(line)
+}

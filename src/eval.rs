@@ -1,0 +1,142 @@
+//! Scoring a model: exact loss and accuracy over a whole split, per-class precision, recall
+//! and F1, and the confusion matrix.
+
+use serde::Serialize;
+use tch::nn::ModuleT;
+use tch::{Device, Kind, Tensor};
+
+use crate::data::{normalize, Faces, CLASSES, NUM_CLASSES};
+
+/// Class scores for every face, `[N, 7]` on the CPU, in eval mode without gradients.
+pub fn logits(net: &dyn ModuleT, faces: &Faces, batch_size: usize, device: Device) -> Tensor {
+    let (x, _) = faces.tensors();
+    let n = faces.len() as i64;
+    let mut parts = Vec::new();
+    tch::no_grad(|| {
+        let mut start = 0;
+        while start < n {
+            let len = (batch_size as i64).min(n - start);
+            let xb = normalize(&x.narrow(0, start, len).to_device(device));
+            parts.push(net.forward_t(&xb, false).to_device(Device::Cpu));
+            start += len;
+        }
+    });
+    if parts.is_empty() {
+        return Tensor::zeros([0, NUM_CLASSES as i64], (Kind::Float, Device::Cpu));
+    }
+    Tensor::cat(&parts, 0)
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ClassScores {
+    pub class: String,
+    pub precision: f64,
+    pub recall: f64,
+    pub f1: f64,
+    pub support: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Evaluation {
+    pub samples: usize,
+    /// Fraction correct, over all samples.
+    pub accuracy: f64,
+    /// Mean cross-entropy over all samples.
+    pub loss: f64,
+    /// `confusion[true][predicted]`.
+    pub confusion: [[u64; NUM_CLASSES]; NUM_CLASSES],
+    pub per_class: Vec<ClassScores>,
+}
+
+/// Scores logits against labels.
+pub fn evaluate(logits: &Tensor, labels: &[u8]) -> Evaluation {
+    let n = labels.len();
+    assert_eq!(logits.size()[0] as usize, n, "one row of logits per label");
+    let y = Tensor::from_slice(labels).to_kind(Kind::Int64);
+    let loss = if n == 0 { 0.0 } else { logits.cross_entropy_for_logits(&y).double_value(&[]) };
+    let predicted: Vec<i64> = Vec::try_from(logits.argmax(-1, false)).unwrap_or_default();
+    let mut confusion = [[0u64; NUM_CLASSES]; NUM_CLASSES];
+    for (&t, &p) in labels.iter().zip(&predicted) {
+        confusion[t as usize][p as usize] += 1;
+    }
+    let correct: u64 = (0..NUM_CLASSES).map(|c| confusion[c][c]).sum();
+    let per_class = (0..NUM_CLASSES)
+        .map(|c| {
+            let tp = confusion[c][c] as f64;
+            let support: u64 = confusion[c].iter().sum();
+            let predicted: u64 = (0..NUM_CLASSES).map(|t| confusion[t][c]).sum();
+            let precision = if predicted > 0 { tp / predicted as f64 } else { 0.0 };
+            let recall = if support > 0 { tp / support as f64 } else { 0.0 };
+            let f1 = if precision + recall > 0.0 { 2.0 * precision * recall / (precision + recall) } else { 0.0 };
+            ClassScores { class: CLASSES[c].to_string(), precision, recall, f1, support }
+        })
+        .collect();
+    Evaluation {
+        samples: n,
+        accuracy: if n == 0 { 0.0 } else { correct as f64 / n as f64 },
+        loss,
+        confusion,
+        per_class,
+    }
+}
+
+impl Evaluation {
+    /// Per-class scores and the confusion matrix as text tables.
+    pub fn tables(&self) -> String {
+        let mut scores = comfy_table::Table::new();
+        scores.load_preset(comfy_table::presets::ASCII_MARKDOWN);
+        scores.set_header(["class", "precision", "recall", "F1", "support"]);
+        for c in &self.per_class {
+            scores.add_row([
+                c.class.clone(),
+                format!("{:.3}", c.precision),
+                format!("{:.3}", c.recall),
+                format!("{:.3}", c.f1),
+                c.support.to_string(),
+            ]);
+        }
+        let mut confusion = comfy_table::Table::new();
+        confusion.load_preset(comfy_table::presets::ASCII_MARKDOWN);
+        let mut header = vec!["true \\ predicted".to_string()];
+        header.extend(CLASSES.iter().map(|c| c.to_string()));
+        confusion.set_header(header);
+        for (t, row) in self.confusion.iter().enumerate() {
+            let mut cells = vec![CLASSES[t].to_string()];
+            cells.extend(row.iter().map(|v| v.to_string()));
+            confusion.add_row(cells);
+        }
+        format!(
+            "accuracy {:.2}% ({} faces), loss {:.4}\n\n{scores}\n\nconfusion matrix (rows: true class)\n{confusion}\n",
+            100.0 * self.accuracy,
+            self.samples,
+            self.loss
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scores_known_logits() {
+        // Three faces: two right (classes 0 and 3), one class-3 face called class 0.
+        let logits = Tensor::from_slice(&[
+            5.0f32, 0., 0., 0., 0., 0., 0., //
+            0., 0., 0., 5., 0., 0., 0., //
+            5., 0., 0., 0., 0., 0., 0.,
+        ])
+        .reshape([3, 7]);
+        let e = evaluate(&logits, &[0, 3, 3]);
+        assert!((e.accuracy - 2.0 / 3.0).abs() < 1e-9);
+        assert_eq!(e.confusion[3][0], 1);
+        assert_eq!(e.confusion[0][0], 1);
+        assert!((e.per_class[0].precision - 0.5).abs() < 1e-9);
+        assert!((e.per_class[3].recall - 0.5).abs() < 1e-9);
+        assert!((e.per_class[3].precision - 1.0).abs() < 1e-9);
+        // Cross-entropy is the mean over the three faces.
+        let p_right = (5f64.exp()) / (5f64.exp() + 6.0);
+        let expect = -(2.0 * p_right.ln() + (1.0 / (5f64.exp() + 6.0)).ln()) / 3.0;
+        assert!((e.loss - expect).abs() < 1e-5, "{} vs {expect}", e.loss);
+    }
+}

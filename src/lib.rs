@@ -1,0 +1,15 @@
+//! `fer`: facial-expression recognition on FER-2013, end to end.
+//!
+//! `data` reads and caches the data set, `model` builds networks from layer lists, `train`
+//! runs the training loop, `eval` scores models, `flops` counts their cost as fvcore does,
+//! `plot` draws figures, `stats` analyses the data set and `predict` labels faces.
+
+pub mod bench;
+pub mod config;
+pub mod data;
+pub mod eval;
+pub mod flops;
+pub mod model;
+pub mod optim;
+pub mod plot;
+pub mod train;

@@ -1,0 +1,354 @@
+//! The training loop: shuffled mini-batches over Training, exact validation on PublicTest
+//! after each epoch, metrics and checkpoints as it goes, resume after a kill, and one final
+//! PrivateTest score for the checkpoint that was best on PublicTest.
+
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tch::nn::{self, ModuleT};
+use tch::{Device, Kind, Tensor};
+
+use crate::config::Config;
+use crate::data::{normalize, write_atomic, Dataset, Faces, Split};
+use crate::eval::{evaluate, logits, Evaluation};
+use crate::model::{param_count, Net};
+use crate::optim::Optimizer;
+
+/// One line of `metrics.jsonl`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub train_acc: f64,
+    pub val_loss: f64,
+    pub val_acc: f64,
+    pub lr: f64,
+    pub seconds: f64,
+}
+
+/// What `last.json` records: enough to resume exactly.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct RunState {
+    epochs_done: usize,
+    optimizer_steps: i64,
+    checkpoint: String,
+    best_val_acc: f64,
+    best_epoch: usize,
+    history: Vec<EpochMetrics>,
+}
+
+/// The finished run's record, `summary.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Summary {
+    pub name: String,
+    pub seed: u64,
+    pub epochs: usize,
+    pub best_epoch: usize,
+    pub val_acc: f64,
+    pub val_loss: f64,
+    /// PrivateTest, measured once, on the checkpoint that was best on PublicTest.
+    pub test_acc: f64,
+    pub test_loss: f64,
+    pub params: i64,
+    pub fvcore_flops: i64,
+    /// test accuracy in % per fvcore GFLOP.
+    pub efficiency: f64,
+    pub train_seconds: f64,
+    pub threads: i32,
+    pub device: String,
+    pub machine: String,
+}
+
+pub struct TrainOptions {
+    pub runs_dir: PathBuf,
+    pub resume: bool,
+    /// Start over even if the run folder holds an earlier run.
+    pub fresh: bool,
+    pub device: Device,
+    /// Stop after this many epochs in this call (the run stays resumable); for tests.
+    pub stop_after: Option<usize>,
+    pub quiet: bool,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        TrainOptions {
+            runs_dir: PathBuf::from("runs"),
+            resume: false,
+            fresh: false,
+            device: Device::Cpu,
+            stop_after: None,
+            quiet: false,
+        }
+    }
+}
+
+/// A model ready to use: its config, variables and network.
+pub struct Trained {
+    pub config: Config,
+    pub vs: nn::VarStore,
+    pub net: Net,
+}
+
+impl Trained {
+    pub fn new(config: &Config, device: Device) -> anyhow::Result<Trained> {
+        let vs = nn::VarStore::new(device);
+        let net = Net::new(&vs.root(), &config.layers()?)?;
+        Ok(Trained { config: config.clone(), vs, net })
+    }
+
+    /// Loads `config.toml` and the weights (`model.safetensors` or `best.safetensors`) of a
+    /// model folder or a run folder.
+    pub fn load(dir: &Path, device: Device) -> anyhow::Result<Trained> {
+        let config = Config::load(&dir.join("config.toml"))?;
+        let weights = ["model.safetensors", "best.safetensors"]
+            .iter()
+            .map(|f| dir.join(f))
+            .find(|p| p.is_file())
+            .ok_or_else(|| anyhow::anyhow!("{}: no model.safetensors or best.safetensors", dir.display()))?;
+        let mut trained = Trained::new(&config, device)?;
+        trained.vs.load(&weights).map_err(|e| anyhow::anyhow!("{}: {e}", weights.display()))?;
+        Ok(trained)
+    }
+
+    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+        save_atomic(path, |tmp| Ok(self.vs.save(tmp)?))
+    }
+
+    pub fn logits(&self, faces: &Faces) -> Tensor {
+        logits(&self.net, faces, self.config.train.eval_batch_size, self.vs.device())
+    }
+
+    pub fn evaluate(&self, faces: &Faces) -> Evaluation {
+        evaluate(&self.logits(faces), &faces.labels)
+    }
+}
+
+/// Writes to a temporary `.safetensors` beside `path`, then renames it into place.
+fn save_atomic(path: &Path, write: impl FnOnce(&Path) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    let tmp = path.with_extension("partial.safetensors");
+    write(&tmp)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+pub fn run_dir(opts: &TrainOptions, config: &Config) -> PathBuf {
+    opts.runs_dir.join(&config.name)
+}
+
+/// A per-epoch seed, so a resumed epoch shuffles exactly as an uninterrupted one would.
+fn epoch_seed(seed: u64, epoch: usize) -> u64 {
+    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(epoch as u64 + 1)
+}
+
+/// Trains `config` on `data` and returns the finished run's summary.
+pub fn train(config: &Config, data: &Dataset, opts: &TrainOptions) -> anyhow::Result<Summary> {
+    let dir = run_dir(opts, config);
+    let state_file = dir.join("last.json");
+    if opts.fresh && dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    if state_file.exists() && !opts.resume {
+        anyhow::bail!(
+            "{} holds an earlier run: pass --resume to continue it, or --fresh to start over",
+            dir.display()
+        );
+    }
+    std::fs::create_dir_all(&dir)?;
+    write_atomic(&dir.join("config.toml"), config.to_toml().as_bytes())?;
+
+    let train_faces = data.split(Split::Training);
+    let val_faces = data.split(Split::PublicTest);
+    anyhow::ensure!(!train_faces.is_empty(), "no Training faces in the data");
+    anyhow::ensure!(!val_faces.is_empty(), "no PublicTest faces in the data");
+
+    tch::manual_seed(config.seed as i64);
+    let mut model = Trained::new(config, opts.device)?;
+    let mut optimizer = Optimizer::new(&model.vs, &config.train);
+    let mut state = RunState::default();
+    if opts.resume && state_file.exists() {
+        state = serde_json::from_slice(&std::fs::read(&state_file)?)?;
+        let tensors: HashMap<String, Tensor> = Tensor::read_safetensors(dir.join(&state.checkpoint))?.into_iter().collect();
+        restore_model(&mut model.vs, &tensors)?;
+        optimizer.load_state(&tensors, state.optimizer_steps)?;
+        if !opts.quiet {
+            println!("resuming {} after epoch {}", config.name, state.epochs_done);
+        }
+    }
+    // metrics.jsonl is rewritten from the state, dropping any line written after the checkpoint.
+    let metrics_path = dir.join("metrics.jsonl");
+    let lines: String = state.history.iter().map(|m| serde_json::to_string(m).unwrap() + "\n").collect();
+    write_atomic(&metrics_path, lines.as_bytes())?;
+
+    let (x_train, y_train) = train_faces.tensors();
+    let x_train = normalize(&x_train).to_device(opts.device);
+    let y_train = y_train.to_device(opts.device);
+    let n = train_faces.len();
+    let batch = config.train.batch_size;
+    let batches = n.div_ceil(batch);
+
+    let last_epoch = match opts.stop_after {
+        Some(k) => (state.epochs_done + k).min(config.train.epochs),
+        None => config.train.epochs,
+    };
+    for epoch in state.epochs_done + 1..=last_epoch {
+        let started = Instant::now();
+        tch::manual_seed(epoch_seed(config.seed, epoch) as i64);
+        let mut order: Vec<i64> = (0..n as i64).collect();
+        fastrand::Rng::with_seed(epoch_seed(config.seed, epoch)).shuffle(&mut order);
+
+        let bar = progress(batches, &format!("epoch {epoch}/{}", config.train.epochs), opts.quiet);
+        let (mut loss_sum, mut correct) = (0.0, 0i64);
+        for (b, chunk) in order.chunks(batch).enumerate() {
+            let idx = Tensor::from_slice(chunk).to_device(opts.device);
+            let xb = x_train.index_select(0, &idx);
+            let yb = y_train.index_select(0, &idx);
+            let out = model.net.forward_t(&xb, true);
+            let loss = out.cross_entropy_for_logits(&yb);
+            optimizer.zero_grad();
+            loss.backward();
+            optimizer.step();
+            loss_sum += loss.double_value(&[]) * chunk.len() as f64;
+            correct += out.argmax(-1, false).eq_tensor(&yb).sum(Kind::Int64).int64_value(&[]);
+            bar.set_position(b as u64 + 1);
+            let seen = (b * batch + chunk.len()) as f64;
+            bar.set_message(format!(
+                "loss {:.4} acc {:.1}% {:.0} img/s",
+                loss_sum / seen,
+                100.0 * correct as f64 / seen,
+                seen / started.elapsed().as_secs_f64()
+            ));
+        }
+        bar.finish_and_clear();
+
+        let val = model.evaluate(&val_faces);
+        let metrics = EpochMetrics {
+            epoch,
+            train_loss: loss_sum / n as f64,
+            train_acc: correct as f64 / n as f64,
+            val_loss: val.loss,
+            val_acc: val.accuracy,
+            lr: optimizer.lr,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        if !opts.quiet {
+            println!(
+                "epoch {epoch:>3}/{}  train loss {:.4} acc {:.2}%  val loss {:.4} acc {:.2}%  {:.0}s",
+                config.train.epochs,
+                metrics.train_loss,
+                100.0 * metrics.train_acc,
+                metrics.val_loss,
+                100.0 * metrics.val_acc,
+                metrics.seconds
+            );
+        }
+
+        // Best first, then the resumable checkpoint, then the pointer to it: a kill at any
+        // point leaves `last.json` naming a complete checkpoint.
+        if epoch == 1 || metrics.val_acc > state.best_val_acc {
+            state.best_val_acc = metrics.val_acc;
+            state.best_epoch = epoch;
+            model.save(&dir.join("best.safetensors"))?;
+        }
+        let checkpoint = format!("checkpoint-{epoch:04}.safetensors");
+        let mut tensors: Vec<(String, Tensor)> =
+            model.vs.variables().into_iter().map(|(k, v)| (format!("model.{k}"), v)).collect();
+        tensors.extend(optimizer.state());
+        save_atomic(&dir.join(&checkpoint), |tmp| Ok(Tensor::write_safetensors(&tensors, tmp)?))?;
+        let previous = std::mem::replace(&mut state.checkpoint, checkpoint);
+        state.epochs_done = epoch;
+        state.optimizer_steps = optimizer.steps;
+        state.history.push(metrics.clone());
+        write_atomic(&state_file, &serde_json::to_vec_pretty(&state)?)?;
+        if !previous.is_empty() && previous != state.checkpoint {
+            let _ = std::fs::remove_file(dir.join(previous));
+        }
+        let mut f = std::fs::OpenOptions::new().append(true).create(true).open(&metrics_path)?;
+        writeln!(f, "{}", serde_json::to_string(&metrics)?)?;
+    }
+
+    crate::plot::training_curves(&dir, &state.history)?;
+    if state.epochs_done < config.train.epochs {
+        anyhow::bail!("stopped after epoch {} of {}; continue with --resume", state.epochs_done, config.train.epochs);
+    }
+    finish(config, data, &dir, &state, opts)
+}
+
+fn restore_model(vs: &mut nn::VarStore, tensors: &HashMap<String, Tensor>) -> anyhow::Result<()> {
+    for (name, mut var) in vs.variables() {
+        let saved = tensors.get(&format!("model.{name}")).ok_or_else(|| anyhow::anyhow!("checkpoint lacks {name}"))?;
+        tch::no_grad(|| var.copy_(saved));
+    }
+    Ok(())
+}
+
+/// Scores the best checkpoint on PrivateTest once, and writes `summary.json`.
+fn finish(config: &Config, data: &Dataset, dir: &Path, state: &RunState, opts: &TrainOptions) -> anyhow::Result<Summary> {
+    let summary_path = dir.join("summary.json");
+    if let Ok(bytes) = std::fs::read(&summary_path) {
+        // PrivateTest was already scored for this run: never touch it again.
+        return Ok(serde_json::from_slice(&bytes)?);
+    }
+    let model = Trained::load(dir, opts.device)?;
+    let test = model.evaluate(&data.split(Split::PrivateTest));
+    let best = &state.history[state.best_epoch - 1];
+    let flops = crate::flops::count(&config.layers()?)?;
+    let summary = Summary {
+        name: config.name.clone(),
+        seed: config.seed,
+        epochs: state.epochs_done,
+        best_epoch: state.best_epoch,
+        val_acc: best.val_acc,
+        val_loss: best.val_loss,
+        test_acc: test.accuracy,
+        test_loss: test.loss,
+        params: param_count(&model.vs),
+        fvcore_flops: flops.fvcore_total,
+        efficiency: crate::flops::efficiency(100.0 * test.accuracy, flops.fvcore_total),
+        train_seconds: state.history.iter().map(|m| m.seconds).sum(),
+        threads: tch::get_num_threads(),
+        device: format!("{:?}", opts.device),
+        machine: machine_name(),
+    };
+    write_atomic(&summary_path, &serde_json::to_vec_pretty(&summary)?)?;
+    write_atomic(&dir.join("test_eval.txt"), test.tables().as_bytes())?;
+    crate::plot::confusion_matrix(&dir.join("confusion_test.png"), &test, "PrivateTest")?;
+    if !opts.quiet {
+        println!(
+            "{}: best epoch {} (PublicTest {:.2}%), PrivateTest {:.2}%, {:.4} GFLOPs, efficiency {:.1} %/GFLOP",
+            config.name,
+            summary.best_epoch,
+            100.0 * summary.val_acc,
+            100.0 * summary.test_acc,
+            flops.gflops(),
+            summary.efficiency
+        );
+    }
+    Ok(summary)
+}
+
+/// The CPU model, for the record of where a run was timed.
+pub fn machine_name() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!("{cpu}, {} cores", std::thread::available_parallelism().map_or(0, |n| n.get()))
+}
+
+/// A progress bar on stderr (hidden when stderr is not a terminal, or when quiet).
+pub fn progress(len: usize, prefix: &str, quiet: bool) -> indicatif::ProgressBar {
+    if quiet {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} (eta {eta})")
+            .unwrap()
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(prefix.to_string());
+    bar
+}
