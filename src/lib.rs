@@ -12,4 +12,6 @@ pub mod flops;
 pub mod model;
 pub mod optim;
 pub mod plot;
+pub mod predict;
+pub mod stats;
 pub mod train;

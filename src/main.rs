@@ -7,7 +7,8 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 use fer::config::Config;
-use fer::train::{train, TrainOptions};
+use fer::data::Split;
+use fer::train::{train, TrainOptions, Trained};
 
 #[derive(Parser)]
 #[command(name = "fer", version, about = "Facial-expression recognition on FER-2013: data, training, evaluation, FLOPs")]
@@ -45,6 +46,50 @@ enum Command {
         #[arg(long, default_value = "cpu")]
         device: String,
     },
+    /// Inspect the data set: statistics, figures, CSV export.
+    Data {
+        #[command(subcommand)]
+        command: DataCommand,
+    },
+    /// Accuracy, per-class precision / recall / F1 and the confusion matrix on a split.
+    Eval {
+        /// A run or model folder (default: the shipped tiny model, else runs/baseline).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Training, PublicTest (val) or PrivateTest (test).
+        #[arg(long, default_value = "PrivateTest")]
+        split: String,
+        /// Also write the confusion matrix here (PNG).
+        #[arg(long)]
+        png: Option<PathBuf>,
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Label image files, or draw a grid of random test faces with their predictions.
+    Predict {
+        /// Image files (any size or colour: converted to 48x48 grayscale).
+        files: Vec<PathBuf>,
+        /// Instead of files: this many random PrivateTest faces, drawn into a PNG grid.
+        #[arg(long, conflicts_with = "files")]
+        random: Option<usize>,
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Where the grid of --random goes.
+        #[arg(long, default_value = "runs/predictions.png")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The main job: data stats, train the baseline (or resume it), evaluate, count FLOPs, predict.
+    Pipeline {
+        #[arg(long, default_value = "configs/baseline.toml")]
+        config: PathBuf,
+        #[arg(long, default_value = "runs")]
+        runs: PathBuf,
+    },
     /// Time training steps or inference like ../shared/bench/torch_reference.py (JSON line).
     Bench {
         /// step, infer
@@ -66,6 +111,24 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Counts per class and split, imbalance, duplicates, blank faces, sample and mean faces.
+    Stats {
+        /// Folder for stats.json, stats.md, samples.png and mean_faces.png.
+        #[arg(long, default_value = "runs/data")]
+        out: PathBuf,
+        /// Print the statistics as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the data set as Kaggle's fer2013.csv (emotion,pixels,Usage).
+    ExportCsv {
+        #[arg(long, default_value = "fer2013.csv")]
+        out: PathBuf,
     },
 }
 
@@ -100,6 +163,73 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let data = fer::data::load(&cli.data)?;
             let opts = TrainOptions { runs_dir: runs, resume, fresh, device: device(&dev)?, ..Default::default() };
             train(&cfg, &data, &opts)?;
+        }
+        Command::Data { command: DataCommand::Stats { out, json } } => {
+            let data = fer::data::load(&cli.data)?;
+            let stats = fer::stats::write(&data, &out, 8)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&stats)?);
+            } else {
+                println!("{}\nwritten to {}/ (stats.json, stats.md, samples.png, mean_faces.png)", stats.text(), out.display());
+            }
+        }
+        Command::Data { command: DataCommand::ExportCsv { out } } => {
+            let data = fer::data::load(&cli.data)?;
+            let mut bytes = Vec::with_capacity(data.len() * 9000);
+            fer::data::write_csv(&data, &mut bytes)?;
+            fer::data::write_atomic(&out, &bytes)?;
+            println!("wrote {} faces to {}", data.len(), out.display());
+        }
+        Command::Eval { model, split, png, json } => {
+            let split = Split::parse(&split).ok_or_else(|| anyhow::anyhow!("unknown split `{split}`"))?;
+            let dir = model.map_or_else(fer::predict::default_model, Ok)?;
+            let trained = Trained::load(&dir, tch::Device::Cpu)?;
+            let data = fer::data::load(&cli.data)?;
+            let eval = trained.evaluate(&data.split(split));
+            if json {
+                println!("{}", serde_json::to_string_pretty(&eval)?);
+            } else {
+                println!("{} on {split}:\n{}", dir.display(), eval.tables());
+            }
+            if let Some(png) = png {
+                fer::plot::confusion_matrix(&png, &eval, split.name())?;
+            }
+        }
+        Command::Predict { files, random, model, out, seed, json } => {
+            let dir = model.map_or_else(fer::predict::default_model, Ok)?;
+            let trained = Trained::load(&dir, tch::Device::Cpu)?;
+            match random {
+                Some(n) => {
+                    let data = fer::data::load(&cli.data)?;
+                    let acc = fer::predict::random_grid(&trained, &data, Split::PrivateTest, n, seed, &out)?;
+                    println!("{n} random PrivateTest faces, {:.0}% right: {}", 100.0 * acc, out.display());
+                }
+                None if files.is_empty() => anyhow::bail!("give image files, or --random N"),
+                None => fer::predict::files(&trained, &files, json)?,
+            }
+        }
+        Command::Pipeline { config, runs } => {
+            let cfg = Config::load(&config)?;
+            let data = fer::data::load(&cli.data)?;
+            println!("== data\n{}", fer::stats::write(&data, &runs.join("data"), 8)?.text());
+            println!("== train {}", cfg.name);
+            let resume = runs.join(&cfg.name).join("last.json").exists();
+            let opts = TrainOptions { runs_dir: runs.clone(), resume, ..Default::default() };
+            let summary = train(&cfg, &data, &opts)?;
+            let dir = runs.join(&cfg.name);
+            println!("== PrivateTest evaluation of the best-on-PublicTest checkpoint");
+            println!("{}", std::fs::read_to_string(dir.join("test_eval.txt"))?);
+            println!("== FLOPs");
+            fer::flops::print(&dir.to_string_lossy(), false)?;
+            let trained = Trained::load(&dir, tch::Device::Cpu)?;
+            fer::predict::random_grid(&trained, &data, Split::PrivateTest, 32, 0, &dir.join("predictions.png"))?;
+            println!(
+                "\n{}: PrivateTest {:.2}%, efficiency {:.1} %/GFLOP; curves, confusion matrix and predictions in {}/",
+                cfg.name,
+                100.0 * summary.test_acc,
+                summary.efficiency,
+                dir.display()
+            );
         }
         Command::Bench { mode, model, batch, steps, warmup } => {
             let args = fer::bench::BenchArgs { mode, model, batch, steps, warmup };

@@ -157,6 +157,7 @@ pub fn train(config: &Config, data: &Dataset, opts: &TrainOptions) -> anyhow::Re
         );
     }
     std::fs::create_dir_all(&dir)?;
+    remove_partial_files(&dir)?;
     write_atomic(&dir.join("config.toml"), config.to_toml().as_bytes())?;
 
     let train_faces = data.split(Split::Training);
@@ -274,6 +275,18 @@ pub fn train(config: &Config, data: &Dataset, opts: &TrainOptions) -> anyhow::Re
         anyhow::bail!("stopped after epoch {} of {}; continue with --resume", state.epochs_done, config.train.epochs);
     }
     finish(config, data, &dir, &state, opts)
+}
+
+/// Drops what a killed run was in the middle of writing (temporary and partial files).
+fn remove_partial_files(dir: &Path) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        if name.ends_with(".partial.safetensors") || name.starts_with(".tmp") {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
 }
 
 fn restore_model(vs: &mut nn::VarStore, tensors: &HashMap<String, Tensor>) -> anyhow::Result<()> {

@@ -1,0 +1,150 @@
+//! `fer data stats`: what the data set holds. Counts per class and split, the imbalance,
+//! exact duplicates (and those that cross splits), near-blank faces, sample and mean faces.
+
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::data::{duplicate_groups, near_constant, Dataset, Split, CLASSES, NUM_CLASSES, PIXELS};
+use crate::plot::{face_grid, Tile};
+
+/// Faces with a pixel standard deviation below this are reported as blank or near-constant.
+pub const NEAR_CONSTANT_STD: f64 = 3.0;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct DataStats {
+    pub total: usize,
+    /// `counts[split][class]`.
+    pub counts: BTreeMap<String, BTreeMap<String, usize>>,
+    /// Largest over smallest class count in Training.
+    pub imbalance: f64,
+    pub duplicate_groups: usize,
+    /// Faces that have an identical twin somewhere else in the data set.
+    pub faces_in_duplicate_groups: usize,
+    /// Groups whose members sit in more than one split (a leak between train and test).
+    pub cross_split_groups: Vec<Vec<String>>,
+    pub cross_split_pairs: BTreeMap<String, usize>,
+    pub near_constant: Vec<String>,
+}
+
+pub fn analyse(data: &Dataset) -> DataStats {
+    let counts = data.counts();
+    let mut table = BTreeMap::new();
+    for split in Split::ALL {
+        let row = (0..NUM_CLASSES).map(|c| (CLASSES[c].to_string(), counts[split as usize][c])).collect();
+        table.insert(split.name().to_string(), row);
+    }
+    let train = counts[Split::Training as usize];
+    let imbalance = *train.iter().max().unwrap() as f64 / (*train.iter().min().unwrap()).max(1) as f64;
+    let groups = duplicate_groups(data);
+    let mut cross_split_groups = Vec::new();
+    let mut cross_split_pairs: BTreeMap<String, usize> = BTreeMap::new();
+    for g in &groups {
+        let mut splits: Vec<Split> = g.iter().map(|&i| data.splits[i]).collect();
+        splits.sort();
+        splits.dedup();
+        if splits.len() > 1 {
+            cross_split_groups.push(g.iter().map(|&i| format!("{} ({}, {})", data.sources[i], data.splits[i], CLASSES[data.labels[i] as usize])).collect());
+            for (a, sa) in splits.iter().enumerate() {
+                for sb in &splits[a + 1..] {
+                    *cross_split_pairs.entry(format!("{sa}-{sb}")).or_default() += 1;
+                }
+            }
+        }
+    }
+    DataStats {
+        total: data.len(),
+        counts: table,
+        imbalance,
+        duplicate_groups: groups.len(),
+        faces_in_duplicate_groups: groups.iter().map(Vec::len).sum(),
+        cross_split_groups,
+        cross_split_pairs,
+        near_constant: near_constant(data, NEAR_CONSTANT_STD)
+            .into_iter()
+            .map(|(i, std)| format!("{} ({}, std {std:.2})", data.sources[i], data.splits[i]))
+            .collect(),
+    }
+}
+
+impl DataStats {
+    /// The class-by-split table in Markdown.
+    pub fn counts_table(&self) -> String {
+        let mut t = comfy_table::Table::new();
+        t.load_preset(comfy_table::presets::ASCII_MARKDOWN);
+        let mut header = vec!["class".to_string()];
+        header.extend(Split::ALL.iter().map(|s| s.name().to_string()));
+        header.push("total".into());
+        header.push("share".into());
+        t.set_header(header);
+        for class in CLASSES {
+            let per: Vec<usize> = Split::ALL.iter().map(|s| self.counts[s.name()][class]).collect();
+            let total: usize = per.iter().sum();
+            let mut row: Vec<String> = vec![class.to_string()];
+            row.extend(per.iter().map(usize::to_string));
+            row.push(total.to_string());
+            row.push(format!("{:.1}%", 100.0 * total as f64 / self.total.max(1) as f64));
+            t.add_row(row);
+        }
+        let mut row = vec!["total".to_string()];
+        row.extend(Split::ALL.iter().map(|s| self.counts[s.name()].values().sum::<usize>().to_string()));
+        row.push(self.total.to_string());
+        row.push("100%".into());
+        t.add_row(row);
+        t.to_string()
+    }
+
+    pub fn text(&self) -> String {
+        let mut s = format!("{}\n\n", self.counts_table());
+        s += &format!("Imbalance (Training, largest class / smallest): {:.1}x\n", self.imbalance);
+        s += &format!(
+            "Exact duplicates: {} groups holding {} faces; {} groups cross splits {:?}\n",
+            self.duplicate_groups,
+            self.faces_in_duplicate_groups,
+            self.cross_split_groups.len(),
+            self.cross_split_pairs
+        );
+        s += &format!("Blank or near-constant faces (pixel std < {NEAR_CONSTANT_STD}): {}\n", self.near_constant.len());
+        s
+    }
+}
+
+/// Writes `stats.json`, `stats.md`, `samples.png` and `mean_faces.png` into `out`.
+pub fn write(data: &Dataset, out: &Path, per_class: usize) -> anyhow::Result<DataStats> {
+    std::fs::create_dir_all(out)?;
+    let stats = analyse(data);
+    std::fs::write(out.join("stats.json"), serde_json::to_vec_pretty(&stats)?)?;
+    std::fs::write(out.join("stats.md"), stats.text())?;
+
+    // Sample faces: the first `per_class` Training faces of each class, one row per class.
+    let mut tiles = Vec::new();
+    for c in 0..NUM_CLASSES {
+        let picks = (0..data.len()).filter(|&i| data.labels[i] as usize == c && data.splits[i] == Split::Training);
+        for i in picks.take(per_class) {
+            tiles.push(Tile { pixels: data.image(i).to_vec(), caption: vec![CLASSES[c].into()], color: plotters::style::BLACK });
+        }
+    }
+    face_grid(&out.join("samples.png"), "FER-2013 Training faces, one row per class", &tiles, per_class)?;
+
+    // Mean face per class over Training.
+    let mut sums = vec![[0u64; PIXELS]; NUM_CLASSES];
+    let mut n = [0u64; NUM_CLASSES];
+    for i in 0..data.len() {
+        if data.splits[i] == Split::Training {
+            let c = data.labels[i] as usize;
+            n[c] += 1;
+            for (s, &p) in sums[c].iter_mut().zip(data.image(i)) {
+                *s += p as u64;
+            }
+        }
+    }
+    let means: Vec<Tile> = (0..NUM_CLASSES)
+        .map(|c| Tile {
+            pixels: sums[c].iter().map(|&s| (s / n[c].max(1)) as u8).collect(),
+            caption: vec![CLASSES[c].into(), format!("n={}", n[c])],
+            color: plotters::style::BLACK,
+        })
+        .collect();
+    face_grid(&out.join("mean_faces.png"), "Mean Training face per class", &means, NUM_CLASSES)?;
+    Ok(stats)
+}

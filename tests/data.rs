@@ -1,0 +1,205 @@
+mod common;
+
+use common::{csv_text, real_data, synthetic, write_folder};
+use fer::data::{self, parse_csv, read_folder, Split, PIXELS};
+use std::path::Path;
+
+fn row(label: &str, pixels: &str, usage: &str) -> String {
+    format!("emotion,pixels,Usage\n{label},{pixels},{usage}\n")
+}
+
+fn ones(n: usize) -> String {
+    vec!["1"; n].join(" ")
+}
+
+fn csv_error(text: &str) -> String {
+    parse_csv(text.as_bytes(), "t.csv").unwrap_err().to_string()
+}
+
+#[test]
+fn csv_round_trip() {
+    let d = synthetic([14, 7, 7], 1);
+    assert_eq!(d.len(), 28);
+    let back = parse_csv(csv_text(&d).as_bytes(), "x.csv").unwrap();
+    assert_eq!(back.pixels, d.pixels);
+    assert_eq!(back.labels, d.labels);
+    assert_eq!(back.splits, d.splits);
+    assert_eq!(back.sources[0], "line 2");
+}
+
+#[test]
+fn csv_accepts_crlf_bom_and_quotes() {
+    let d = synthetic([3, 2, 2], 2);
+    let text = csv_text(&d);
+    let mut quoted = String::from("\u{feff}\"emotion\",\"pixels\",\"Usage\"\r\n");
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        quoted += &format!("{},\"{}\",\"{}\"\r\n", f[0], f[1], f[2]);
+    }
+    let back = parse_csv(quoted.as_bytes(), "q.csv").unwrap();
+    assert_eq!(back.pixels, d.pixels);
+    assert_eq!(back.labels, d.labels);
+    assert_eq!(back.splits, d.splits);
+}
+
+#[test]
+fn csv_bad_inputs_name_the_line_and_the_problem() {
+    let p = ones(PIXELS);
+    let cases = [
+        (row("3", &ones(PIXELS - 1), "Training"), "2303 pixel values, expected 2304"),
+        (row("3", &ones(PIXELS + 1), "Training"), "2305 pixel values"),
+        (row("3", &p.replacen("1", "x", 1), "Training"), "pixel 1 is `x`, not a whole number"),
+        (row("3", &p.replacen("1", "1.5", 1), "Training"), "not a whole number"),
+        (row("3", &p.replacen("1", "256", 1), "Training"), "pixel 1 is 256, outside 0..255"),
+        (row("3", &p.replacen("1", "-4", 1), "Training"), "pixel 1 is -4, outside 0..255"),
+        (row("7", &p, "Training"), "emotion label 7 is outside 0..6"),
+        (row("-1", &p, "Training"), "outside 0..6"),
+        (row("happy", &p, "Training"), "emotion label `happy` is not a number"),
+        (row("3", &p, "Validation"), "unknown Usage `Validation`"),
+        (format!("emotion,pixels,Usage\n3,{p},Training\n3,{}", &p[..100]), "line 3: 2 fields, expected 3"),
+        ("emotion,pixels\n3,1 2\n".to_string(), "expected `emotion,pixels,Usage`"),
+        ("emotion,pixels,Usage\n".to_string(), "no faces"),
+        (String::new(), "empty file"),
+        ("\n\n".to_string(), "empty file"),
+    ];
+    for (text, want) in cases {
+        let e = csv_error(&text);
+        assert!(e.starts_with("t.csv"), "error names the file: {e}");
+        assert!(e.contains(want), "expected `{want}` in `{e}`");
+    }
+    // The line is named for errors inside rows.
+    assert!(csv_error(&row("9", &p, "Training")).starts_with("t.csv, line 2:"));
+}
+
+#[test]
+fn folder_reader_matches_the_csv_reader() {
+    let d = synthetic([14, 7, 7], 3);
+    let dir = tempfile::tempdir().unwrap();
+    write_folder(&d, dir.path());
+    let from_folder = read_folder(dir.path()).unwrap();
+    assert_eq!(from_folder.pixels, d.pixels);
+    assert_eq!(from_folder.labels, d.labels);
+    assert_eq!(from_folder.splits, d.splits);
+    // Export to CSV and read back: the two readers agree.
+    let from_csv = parse_csv(csv_text(&from_folder).as_bytes(), "e.csv").unwrap();
+    assert_eq!(from_csv.pixels, from_folder.pixels);
+    assert_eq!(from_csv.labels, from_folder.labels);
+}
+
+fn folder_error(setup: impl FnOnce(&Path)) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    write_folder(&synthetic([7, 0, 0], 4), dir.path());
+    setup(dir.path());
+    read_folder(dir.path()).unwrap_err().to_string()
+}
+
+#[test]
+fn folder_bad_inputs_name_the_image_and_the_problem() {
+    let e = folder_error(|r| std::fs::create_dir_all(r.join("train/contempt")).unwrap());
+    assert!(e.contains("train/contempt") && e.contains("unknown class folder `contempt`"), "{e}");
+
+    let e = folder_error(|r| std::fs::write(r.join("train/happy/Training_99.jpg"), b"").unwrap());
+    assert!(e.contains("Training_99.jpg") && e.contains("empty file"), "{e}");
+
+    let e = folder_error(|r| std::fs::write(r.join("train/happy/Training_99.jpg"), b"not an image at all").unwrap());
+    assert!(e.contains("Training_99.jpg") && e.contains("unreadable image"), "{e}");
+
+    let e = folder_error(|r| image::GrayImage::new(64, 64).save(r.join("train/sad/Training_98.png")).unwrap());
+    assert!(e.contains("Training_98.png") && e.contains("64x64, expected 48x48"), "{e}");
+
+    let e = folder_error(|r| image::RgbImage::new(48, 48).save(r.join("train/sad/Training_97.png")).unwrap());
+    assert!(e.contains("Training_97.png") && e.contains("expected 8-bit grayscale"), "{e}");
+
+    let e = folder_error(|r| image::GrayImage::new(48, 48).save(r.join("train/sad/face_1.png")).unwrap());
+    assert!(e.contains("face_1.png") && e.contains("cannot tell the split"), "{e}");
+
+    // A JPEG cut short is unreadable, and named.
+    let e = folder_error(|r| {
+        let mut jpg = Vec::new();
+        image::GrayImage::new(48, 48).write_to(&mut std::io::Cursor::new(&mut jpg), image::ImageFormat::Jpeg).unwrap();
+        std::fs::write(r.join("train/fear/Training_96.jpg"), &jpg[..jpg.len() / 3]).unwrap();
+    });
+    assert!(e.contains("Training_96.jpg"), "{e}");
+
+    let empty = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(empty.path().join("train")).unwrap();
+    assert!(read_folder(empty.path()).unwrap_err().to_string().contains("no face images"));
+}
+
+#[test]
+fn jpeg_faces_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let class = dir.path().join("test/happy");
+    std::fs::create_dir_all(&class).unwrap();
+    let img = image::GrayImage::from_fn(48, 48, |x, _| image::Luma([(x * 5) as u8]));
+    img.save(class.join("PrivateTest_5.jpg")).unwrap();
+    let d = read_folder(dir.path()).unwrap();
+    assert_eq!((d.len(), d.labels[0], d.splits[0]), (1, 3, Split::PrivateTest));
+    // JPEG is lossy: close, not equal.
+    let err: i32 = d.image(0).iter().zip(img.as_raw()).map(|(&a, &b)| (a as i32 - b as i32).abs()).max().unwrap();
+    assert!(err < 8, "max error {err}");
+}
+
+#[test]
+fn cache_round_trips_and_notices_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let csv = dir.path().join("fer2013.csv");
+    let d = synthetic([7, 7, 7], 5);
+    std::fs::write(&csv, csv_text(&d)).unwrap();
+    let first = data::load_with_cache(dir.path(), &cache).unwrap();
+    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 1);
+    let second = data::load_with_cache(&csv, &cache).unwrap();
+    assert_eq!(first, second);
+    assert_eq!(first.pixels, d.pixels);
+
+    // A changed source gets a new cache entry with the new content.
+    let d2 = synthetic([8, 7, 7], 6);
+    std::fs::write(&csv, csv_text(&d2)).unwrap();
+    let third = data::load_with_cache(&csv, &cache).unwrap();
+    assert_eq!(third.len(), 22);
+    assert_eq!(third.pixels, d2.pixels);
+}
+
+#[test]
+fn bad_input_leaves_no_cache_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let csv = dir.path().join("bad.csv");
+    std::fs::write(&csv, row("3", &ones(10), "Training")).unwrap();
+    let e = data::load_with_cache(&csv, &cache).unwrap_err().to_string();
+    assert!(e.contains("bad.csv, line 2") && e.contains("10 pixel values"), "{e}");
+    let left = std::fs::read_dir(&cache).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(left, 0, "no cache file after a failed read");
+}
+
+#[test]
+fn stats_find_duplicates_across_splits_and_blank_faces() {
+    let mut d = synthetic([7, 7, 7], 8);
+    // Face 0 (Training) copied into PublicTest slot 7; PublicTest face 8 made blank.
+    let copy = d.image(0).to_vec();
+    d.pixels[7 * PIXELS..8 * PIXELS].copy_from_slice(&copy);
+    d.pixels[8 * PIXELS..9 * PIXELS].fill(128);
+    let s = fer::stats::analyse(&d);
+    assert_eq!(s.duplicate_groups, 1);
+    assert_eq!(s.cross_split_pairs.get("Training-PublicTest"), Some(&1));
+    assert_eq!(s.near_constant.len(), 1);
+    assert_eq!(s.counts["Training"]["angry"], 1);
+    assert!((s.imbalance - 1.0).abs() < 1e-9);
+}
+
+#[test]
+fn real_data_csv_and_folder_readers_agree() {
+    let Some(root) = real_data() else { return };
+    let folder = read_folder(&root).unwrap();
+    assert_eq!(folder.len(), 35_887);
+    let counts = folder.counts();
+    assert_eq!(counts[0].iter().sum::<usize>(), 28_709);
+    assert_eq!(counts[1].iter().sum::<usize>(), 3_589);
+    assert_eq!(counts[2].iter().sum::<usize>(), 3_589);
+    assert_eq!(counts[0][1], 436, "disgust in Training");
+    let csv = parse_csv(csv_text(&folder).as_bytes(), "export.csv").unwrap();
+    assert_eq!(csv.pixels, folder.pixels);
+    assert_eq!(csv.labels, folder.labels);
+    assert_eq!(csv.splits, folder.splits);
+}

@@ -1,0 +1,144 @@
+mod common;
+
+use common::{csv_text, synthetic, tiny_config};
+use fer::data::Split;
+use fer::train::{train, EpochMetrics, TrainOptions, Trained};
+use std::path::Path;
+use std::process::Command;
+
+fn metrics(dir: &Path) -> Vec<EpochMetrics> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Metrics without the wall-clock time, which legitimately differs between runs.
+fn numbers(m: &[EpochMetrics]) -> Vec<(usize, f64, f64, f64, f64)> {
+    m.iter().map(|m| (m.epoch, m.train_loss, m.train_acc, m.val_loss, m.val_acc)).collect()
+}
+
+fn opts(runs: &Path) -> TrainOptions {
+    TrainOptions { runs_dir: runs.to_path_buf(), quiet: true, ..Default::default() }
+}
+
+#[test]
+fn short_training_lowers_the_loss_and_writes_its_record() {
+    tch::set_num_threads(1);
+    let data = synthetic([280, 70, 70], 11);
+    let runs = tempfile::tempdir().unwrap();
+    let summary = train(&tiny_config("learn", 4), &data, &opts(runs.path())).unwrap();
+    let dir = runs.path().join("learn");
+    let m = metrics(&dir);
+    assert_eq!(m.len(), 4);
+    assert!(m[3].train_loss < 0.8 * m[0].train_loss, "loss {} -> {}", m[0].train_loss, m[3].train_loss);
+    assert!(summary.val_acc > 0.5, "the synthetic classes are easy: {}", summary.val_acc);
+    // The summary's test score belongs to the best-on-PublicTest epoch.
+    let best = m.iter().map(|e| e.val_acc).fold(0.0, f64::max);
+    assert_eq!(summary.val_acc, best);
+    for f in ["best.safetensors", "config.toml", "summary.json", "accuracy.png", "loss.png", "confusion_test.png", "last.json"] {
+        assert!(dir.join(f).is_file(), "{f} written");
+    }
+}
+
+#[test]
+fn checkpoint_round_trip_gives_identical_outputs() {
+    tch::set_num_threads(1);
+    let data = synthetic([70, 35, 35], 12);
+    let runs = tempfile::tempdir().unwrap();
+    train(&tiny_config("ckpt", 1), &data, &opts(runs.path())).unwrap();
+    let dir = runs.path().join("ckpt");
+    let a = Trained::load(&dir, tch::Device::Cpu).unwrap();
+    let faces = data.split(Split::PrivateTest);
+    let saved = dir.join("copy.safetensors");
+    a.save(&saved).unwrap();
+    let mut b = Trained::new(&a.config, tch::Device::Cpu).unwrap();
+    b.vs.load(&saved).unwrap();
+    let (la, lb) = (a.logits(&faces), b.logits(&faces));
+    assert_eq!(la.size(), [35, 7]);
+    assert!(la.equal(&lb), "loaded weights give the same logits");
+    // A freshly initialised model does not: the test can tell weights apart.
+    let c = Trained::new(&a.config, tch::Device::Cpu).unwrap();
+    assert!(!la.equal(&c.logits(&faces)));
+}
+
+#[test]
+fn stopped_and_resumed_run_matches_an_uninterrupted_one() {
+    tch::set_num_threads(1);
+    let data = synthetic([140, 35, 35], 13);
+    let runs = tempfile::tempdir().unwrap();
+    train(&tiny_config("whole", 3), &data, &opts(runs.path())).unwrap();
+
+    let mut first = opts(runs.path());
+    first.stop_after = Some(1);
+    let err = train(&tiny_config("parts", 3), &data, &first).unwrap_err().to_string();
+    assert!(err.contains("--resume"), "{err}");
+    // Without --resume an existing run is not overwritten.
+    assert!(train(&tiny_config("parts", 3), &data, &opts(runs.path())).is_err());
+    let resume = TrainOptions { resume: true, ..opts(runs.path()) };
+    train(&tiny_config("parts", 3), &data, &resume).unwrap();
+
+    let (whole, parts) = (metrics(&runs.path().join("whole")), metrics(&runs.path().join("parts")));
+    assert_eq!(numbers(&whole), numbers(&parts));
+}
+
+/// The real thing: SIGKILL the `fer` binary mid-run, resume it, and compare with a clean run.
+#[test]
+fn run_killed_with_sigkill_resumes_to_the_same_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("fer2013.csv");
+    std::fs::write(&csv, csv_text(&synthetic([700, 70, 70], 14))).unwrap();
+    let epochs = 8;
+    for name in ["clean", "killed"] {
+        let cfg = tiny_config(name, epochs).to_toml();
+        std::fs::write(dir.path().join(format!("{name}.toml")), cfg).unwrap();
+    }
+    let fer = |name: &str, extra: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_fer"));
+        c.args(["--threads", "1", "--data"]).arg(&csv).arg("train").arg("--config");
+        c.arg(dir.path().join(format!("{name}.toml"))).arg("--runs").arg(dir.path().join("runs"));
+        c.args(extra).env("FER_CACHE", dir.path().join("cache"));
+        c
+    };
+    let out = fer("clean", &[]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let killed_dir = dir.path().join("runs/killed");
+    let mut child = fer("killed", &[]).stdout(std::process::Stdio::null()).spawn().unwrap();
+    // Kill once the first checkpoint is down and the run is still going.
+    loop {
+        if killed_dir.join("last.json").exists() {
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "run ended before it could be killed");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL on Unix
+    child.wait().unwrap();
+    let done_before = metrics(&killed_dir).len();
+    assert!(done_before < epochs, "killed mid-run");
+
+    let out = fer("killed", &["--resume"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (clean, killed) = (metrics(&dir.path().join("runs/clean")), metrics(&killed_dir));
+    assert_eq!(killed.len(), epochs);
+    assert_eq!(numbers(&clean), numbers(&killed));
+    // No partial files are left behind.
+    for entry in std::fs::read_dir(&killed_dir).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(!name.contains("partial") && !name.starts_with(".tmp"), "leftover {name}");
+    }
+}
+
+#[test]
+fn config_round_trips_through_toml() {
+    let cfg = tiny_config("rt", 2);
+    let back = fer::config::Config::parse(&cfg.to_toml()).unwrap();
+    assert_eq!(cfg, back);
+    let base = fer::config::Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/baseline.toml")).unwrap();
+    assert_eq!((base.train.batch_size, base.train.epochs, base.train.lr), (400, 10, 1e-3));
+    assert_eq!(base.layers().unwrap(), fer::model::baseline());
+    let bad = fer::config::Config::parse("name = \"x\"\n[model]\nnetwork = \"resnet999\"\n");
+    assert!(bad.unwrap_err().to_string().contains("unknown network `resnet999`"));
+}
