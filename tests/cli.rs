@@ -1,0 +1,107 @@
+mod common;
+
+use common::{csv_text, synthetic, tiny_config};
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn fer(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fer"))
+        .current_dir(dir)
+        .args(["--threads", "1"])
+        .args(args)
+        .env("FER_CACHE", dir.join("cache"))
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    assert!(o.status.success(), "fer failed: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn bad_data_exits_non_zero_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.csv");
+    let pixels = vec!["7"; 2304].join(" ");
+    std::fs::write(&bad, format!("emotion,pixels,Usage\n3,{pixels},Training\n12,{pixels},Training\n")).unwrap();
+    let o = fer(dir.path(), &["--data", "bad.csv", "data", "stats", "--out", "stats"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err.contains("bad.csv, line 3: emotion label 12 is outside 0..6"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!dir.path().join("stats").exists() && !dir.path().join("cache").exists(), "nothing half-written");
+
+    let o = fer(dir.path(), &["--data", "nowhere", "data", "stats"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("nowhere: no such file or folder"));
+}
+
+#[test]
+fn flops_json_has_fvcores_totals() {
+    let dir = tempfile::tempdir().unwrap();
+    let v: serde_json::Value = serde_json::from_str(&stdout(&fer(dir.path(), &["flops", "vgg", "--json"]))).unwrap();
+    assert_eq!(v["fvcore_total"], 118_593_280);
+    assert_eq!(v["layers"].as_array().unwrap().len(), fer::model::vgg().len());
+    let table = stdout(&fer(dir.path(), &["flops", "baseline"]));
+    assert!(table.contains("327505392 FLOPs as fvcore counts them"), "{table}");
+}
+
+#[test]
+fn stats_export_train_eval_predict_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = synthetic([280, 70, 70], 21);
+    std::fs::write(d.join("fer2013.csv"), csv_text(&data)).unwrap();
+    let csv = d.join("fer2013.csv");
+    let csv = csv.to_str().unwrap();
+
+    let s = stdout(&fer(d, &["--data", csv, "data", "stats", "--out", "stats"]));
+    assert!(s.contains("| total    | 280"), "{s}");
+    for f in ["stats.json", "stats.md", "samples.png", "mean_faces.png"] {
+        assert!(d.join("stats").join(f).is_file(), "{f}");
+    }
+
+    // Export is byte-for-byte what was read.
+    stdout(&fer(d, &["--data", csv, "data", "export-csv", "--out", "again.csv"]));
+    assert_eq!(std::fs::read(d.join("again.csv")).unwrap(), std::fs::read(csv).unwrap());
+
+    std::fs::write(d.join("tiny.toml"), tiny_config("tiny", 3).to_toml()).unwrap();
+    stdout(&fer(d, &["--data", csv, "train", "--config", "tiny.toml"]));
+    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(d.join("runs/tiny/summary.json")).unwrap()).unwrap();
+
+    // `fer eval` on PrivateTest reproduces the run's test accuracy.
+    let out = stdout(&fer(d, &["--data", csv, "eval", "--model", "runs/tiny", "--split", "test", "--json", "--png", "cm.png"]));
+    let eval: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(eval["accuracy"], summary["test_acc"]);
+    assert_eq!(eval["samples"], 70);
+    assert!(d.join("cm.png").is_file());
+
+    // Predict any image file: converted to 48x48 grayscale, 7 probabilities that sum to 1.
+    image::RgbImage::from_pixel(96, 80, image::Rgb([90, 20, 200])).save(d.join("face.png")).unwrap();
+    let out = stdout(&fer(d, &["predict", "--model", "runs/tiny", "--json", "face.png"]));
+    let p: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    let probs = p["probabilities"].as_object().unwrap();
+    assert_eq!(probs.len(), 7);
+    let total: f64 = probs.values().map(|v| v.as_f64().unwrap()).sum();
+    assert!((total - 1.0).abs() < 1e-4);
+    assert!(fer::data::CLASSES.contains(&p["label"].as_str().unwrap()));
+
+    let out = stdout(&fer(d, &["--data", csv, "predict", "--model", "runs/tiny", "--random", "12", "--out", "grid.png"]));
+    assert!(out.contains("12 random PrivateTest faces"), "{out}");
+    let grid = image::open(d.join("grid.png")).unwrap();
+    assert!(grid.width() > 8 * 96 && grid.height() > 2 * 96);
+}
+
+#[test]
+fn bench_emits_the_fields_the_comparison_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    for mode in ["step", "infer"] {
+        let out = stdout(&fer(dir.path(), &["bench", mode, "--model", "mobile", "--batch", "8", "--steps", "2", "--warmup", "1"]));
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        for key in ["engine", "mode", "model", "batch", "threads", "img_per_s"] {
+            assert!(!v[key].is_null(), "{mode}: {key} missing in {v}");
+        }
+        assert_eq!(v["mode"], mode);
+        assert!(v["img_per_s"].as_f64().unwrap() > 0.0);
+    }
+}
