@@ -3,7 +3,9 @@
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-use crate::model::{named, Layer, NAMED};
+use crate::augment::AugmentConfig;
+use crate::model::{named, ConvNet, Layer, NAMED};
+use crate::optim::Schedule;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -15,16 +17,42 @@ pub struct Config {
     pub model: ModelConfig,
     #[serde(default)]
     pub train: TrainConfig,
+    #[serde(default)]
+    pub augment: AugmentConfig,
 }
 
-/// A named network (`baseline`, `mobile`, `vgg`) or an explicit list of layers.
+/// A named network (`baseline`, `mobile`, `vgg`, `resnet`), a `[model.convnet]` family
+/// member, or an explicit list of layers.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub convnet: Option<ConvNet>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layers: Option<Vec<Layer>>,
+}
+
+/// Test-time augmentation: extra views of each face whose predictions are averaged.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tta {
+    None,
+    /// The face and its mirror image: 2 forward passes.
+    Flip,
+    /// Four corner crops and the centre, and their mirrors: 10 passes (needs input_size < 48).
+    TenCrop,
+}
+
+impl Tta {
+    pub fn views(self) -> usize {
+        match self {
+            Tta::None => 1,
+            Tta::Flip => 2,
+            Tta::TenCrop => 10,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -48,6 +76,22 @@ pub struct TrainConfig {
     pub nesterov: bool,
     /// Batch size for validation and test passes (no gradients, so it can be large).
     pub eval_batch_size: usize,
+    pub schedule: Schedule,
+    /// Soft targets: (1 - s) on the label, s spread over all classes.
+    pub label_smoothing: f64,
+    /// Focal loss exponent (0 = plain cross-entropy).
+    pub focal_gamma: f64,
+    /// Weight classes by inverse frequency in Training.
+    pub class_weighted: bool,
+    /// Stop when PublicTest accuracy has not improved for this many epochs (0 = never).
+    pub early_stopping_patience: usize,
+    /// Clip the gradients' total norm to this (0 = no clipping).
+    pub grad_clip: f64,
+    /// Side of the square the network sees: 48, or less for random crops in training and
+    /// a centre crop (or ten crops) at test time.
+    pub input_size: usize,
+    /// Extra test-time views, scored separately from the single pass.
+    pub tta: Tta,
 }
 
 impl Default for TrainConfig {
@@ -62,6 +106,14 @@ impl Default for TrainConfig {
             momentum: 0.9,
             nesterov: false,
             eval_batch_size: 1000,
+            schedule: Schedule::Constant,
+            label_smoothing: 0.0,
+            focal_gamma: 0.0,
+            class_weighted: false,
+            early_stopping_patience: 0,
+            grad_clip: 0.0,
+            input_size: 48,
+            tta: Tta::None,
         }
     }
 }
@@ -88,20 +140,25 @@ impl Config {
         Config {
             name: network.to_string(),
             seed: 0,
-            model: ModelConfig { network: Some(network.to_string()), layers: None },
+            model: ModelConfig { network: Some(network.to_string()), convnet: None, layers: None },
             train: TrainConfig::default(),
+            augment: AugmentConfig::default(),
         }
     }
 
     /// The network's layers, checked to fit together.
     pub fn layers(&self) -> anyhow::Result<Vec<Layer>> {
-        let layers = match (&self.model.network, &self.model.layers) {
-            (Some(name), None) => named(name)
+        let layers = match (&self.model.network, &self.model.convnet, &self.model.layers) {
+            (Some(name), None, None) => named(name)
                 .ok_or_else(|| anyhow::anyhow!("unknown network `{name}` (known: {})", NAMED.join(", ")))?,
-            (None, Some(layers)) => layers.clone(),
-            _ => anyhow::bail!("[model] needs exactly one of `network` or `layers`"),
+            (None, Some(convnet), None) => convnet.layers(),
+            (None, None, Some(layers)) => layers.clone(),
+            _ => anyhow::bail!("[model] needs exactly one of `network`, `convnet` or `layers`"),
         };
-        crate::model::shapes(&layers)?;
+        let side = self.train.input_size;
+        anyhow::ensure!((8..=48).contains(&side), "input_size {side} must be between 8 and 48");
+        anyhow::ensure!(self.train.tta != Tta::TenCrop || side < 48, "ten-crop test-time augmentation needs input_size < 48");
+        crate::model::shapes_at(&layers, side as i64)?;
         Ok(layers)
     }
 }

@@ -5,19 +5,57 @@ use serde::Serialize;
 use tch::nn::ModuleT;
 use tch::{Device, Kind, Tensor};
 
-use crate::data::{normalize, Faces, CLASSES, NUM_CLASSES};
+use crate::config::Tta;
+use crate::data::{normalize, Faces, CLASSES, NUM_CLASSES, SIDE};
+
+/// Crop offsets (y, x) and mirroring of each test-time view of a 48x48 face.
+fn views(side: i64, tta: Tta) -> Vec<(i64, i64, bool)> {
+    let m = SIDE as i64 - side;
+    let centre = (m / 2, m / 2, false);
+    match tta {
+        Tta::None => vec![centre],
+        Tta::Flip => vec![centre, (m / 2, m / 2, true)],
+        Tta::TenCrop => {
+            let crops = [(0, 0), (0, m), (m, 0), (m, m), (m / 2, m / 2)];
+            crops.iter().flat_map(|&(y, x)| [(y, x, false), (y, x, true)]).collect()
+        }
+    }
+}
 
 /// Class scores for every face, `[N, 7]` on the CPU, in eval mode without gradients.
-pub fn logits(net: &dyn ModuleT, faces: &Faces, batch_size: usize, device: Device) -> Tensor {
+/// A single view gives the network's logits; several views give the log of their mean
+/// softmax, so accuracy and cross-entropy read the same way.
+pub fn logits(net: &dyn ModuleT, faces: &Faces, batch_size: usize, device: Device, side: usize, tta: Tta) -> Tensor {
     let (x, _) = faces.tensors();
     let n = faces.len() as i64;
+    let side = side as i64;
+    let views = views(side, tta);
     let mut parts = Vec::new();
     tch::no_grad(|| {
         let mut start = 0;
         while start < n {
             let len = (batch_size as i64).min(n - start);
             let xb = normalize(&x.narrow(0, start, len).to_device(device));
-            parts.push(net.forward_t(&xb, false).to_device(Device::Cpu));
+            let mut probs: Option<Tensor> = None;
+            for &(oy, ox, flip) in &views {
+                let mut v = xb.narrow(2, oy, side).narrow(3, ox, side);
+                if flip {
+                    v = v.flip([3]);
+                }
+                let out = net.forward_t(&v, false);
+                if views.len() == 1 {
+                    probs = Some(out);
+                    break;
+                }
+                let p = out.softmax(-1, Kind::Float);
+                probs = Some(match probs {
+                    Some(acc) => acc + p,
+                    None => p,
+                });
+            }
+            let out = probs.expect("at least one view");
+            let out = if views.len() == 1 { out } else { (out / views.len() as f64).log() };
+            parts.push(out.to_device(Device::Cpu));
             start += len;
         }
     });

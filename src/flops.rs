@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::model::{shapes, Layer, Shape};
+use crate::model::{Layer, Shape};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct LayerFlops {
@@ -35,10 +35,11 @@ impl FlopReport {
 /// fvcore's count for one layer: (fvcore, all_ops, params).
 fn layer_flops(layer: &Layer, input: Shape, output: Shape) -> (i64, i64, i64) {
     let out = output.elements();
+    let c = input.channels();
     match *layer {
         // fvcore: output elements x in-channels/groups x kh x kw; the bias is ignored.
         Layer::Conv { kernel, groups, bias, .. } => {
-            let per_out = input.channels() / groups * kernel * kernel;
+            let per_out = c / groups * kernel * kernel;
             let flops = out * per_out;
             let params = output.channels() * per_out + if bias { output.channels() } else { 0 };
             (flops, flops + if bias { out } else { 0 }, params)
@@ -51,14 +52,59 @@ fn layer_flops(layer: &Layer, input: Shape, output: Shape) -> (i64, i64, i64) {
         Layer::BatchNorm => (2 * out, 2 * out, 2 * output.channels()),
         // fvcore counts adaptive average pooling as one flop per input element.
         Layer::GlobalAvgPool => (input.elements(), input.elements(), 0),
-        Layer::Relu => (0, out, 0),
+        Layer::Relu | Layer::LeakyRelu { .. } | Layer::Silu | Layer::Gelu => (0, out, 0),
         Layer::MaxPool { kernel, .. } | Layer::AvgPool { kernel, .. } => (0, out * kernel * kernel, 0),
         Layer::Flatten | Layer::Dropout { .. } => (0, 0, 0),
+        Layer::Separable { out: cout, kernel, stride } => sequence(&crate::model::separable(c, cout, kernel, stride), input),
+        Layer::Residual { ref body } => {
+            let mut total = sequence(body, input);
+            if let Some(proj) = crate::model::shortcut(body, input, output) {
+                let p = sequence(&proj, input);
+                total = (total.0 + p.0, total.1 + p.1, total.2 + p.2);
+            }
+            // The addition is free for fvcore.
+            (total.0, total.1 + out, total.2)
+        }
+        // Squeeze (adaptive average pool, counted) and two linear layers; sigmoid and the
+        // channel product are not counted by fvcore.
+        Layer::Se { reduction } => {
+            let r = c / reduction;
+            let mlp = 2 * c * r;
+            (input.elements() + mlp, input.elements() + mlp + r + c + r + c + out, mlp + r + c)
+        }
+        // Channel attention: average pool (counted), max pool (not), the shared MLP twice;
+        // spatial attention: channel mean and max (not counted), a kxk conv 2 -> 1.
+        Layer::Cbam { reduction, kernel } => {
+            let r = c / reduction;
+            let mlp = 2 * c * r;
+            let hw = out / c;
+            let spatial = hw * 2 * kernel * kernel;
+            let fv = input.elements() + 2 * mlp + spatial;
+            let extra = input.elements() /* max pool */ + 2 * (r + c) + 2 * out /* gates */ + 2 * out /* channel mean, max */;
+            (fv, fv + extra, mlp + r + c + 2 * kernel * kernel)
+        }
     }
 }
 
+/// Sum over a sequence of layers applied in turn.
+fn sequence(layers: &[Layer], mut input: Shape) -> (i64, i64, i64) {
+    let mut total = (0, 0, 0);
+    for layer in layers {
+        let output = crate::model::output_shape(layer, input).expect("shapes were checked");
+        let f = layer_flops(layer, input, output);
+        total = (total.0 + f.0, total.1 + f.1, total.2 + f.2);
+        input = output;
+    }
+    total
+}
+
 pub fn count(layers: &[Layer]) -> anyhow::Result<FlopReport> {
-    let shapes = shapes(layers)?;
+    count_at(layers, crate::data::SIDE as i64)
+}
+
+/// As [`count`], for a `side` x `side` input.
+pub fn count_at(layers: &[Layer], side: i64) -> anyhow::Result<FlopReport> {
+    let shapes = crate::model::shapes_at(layers, side)?;
     let mut rows = Vec::with_capacity(layers.len());
     for (index, (layer, (input, output))) in layers.iter().zip(shapes).enumerate() {
         let (fvcore, all_ops, params) = layer_flops(layer, input, output);
@@ -102,7 +148,7 @@ pub fn resolve(model: &str) -> anyhow::Result<(crate::config::Config, Option<std
 /// `fer flops`: the per-layer table (or JSON), totals, and a finished run's efficiency.
 pub fn print(model: &str, json: bool) -> anyhow::Result<()> {
     let (config, dir) = resolve(model)?;
-    let report = count(&config.layers()?)?;
+    let report = count_at(&config.layers()?, config.train.input_size as i64)?;
     let summary: Option<crate::train::Summary> = dir
         .and_then(|d| std::fs::read(d.join("summary.json")).ok())
         .and_then(|b| serde_json::from_slice(&b).ok());
@@ -173,6 +219,40 @@ mod tests {
         assert!(r.all_ops_total > r.fvcore_total);
         // ReLU after the first conv: 8 x 48 x 48 elements, zero for fvcore.
         assert_eq!((r.layers[1].fvcore, r.layers[1].all_ops), (0, 8 * 48 * 48));
+    }
+
+    fn net(layers: Vec<Layer>) -> Vec<Layer> {
+        let mut all = vec![Layer::conv(16)];
+        all.extend(layers);
+        all.extend([Layer::GlobalAvgPool, Layer::linear(7)]);
+        all
+    }
+
+    #[test]
+    fn residual_block_counts_its_body_and_projection() {
+        use crate::model::Shape;
+        let body = vec![Layer::conv_nb(32, 3, 2, 1), Layer::BatchNorm, Layer::Relu, Layer::conv_nb(32, 3, 1, 1), Layer::BatchNorm];
+        let layers = net(vec![Layer::Residual { body }]);
+        let shapes = crate::model::shapes(&layers).unwrap();
+        assert_eq!(shapes[1].1, Shape::Map { c: 32, h: 24, w: 24 });
+        let r = count(&layers).unwrap();
+        // conv 16->32 s2 at 24x24, BN, conv 32->32, BN, projection 1x1 16->32 s2 + BN.
+        let hw = 24 * 24;
+        let expect = 32 * hw * 16 * 9 + 2 * 32 * hw + 32 * hw * 32 * 9 + 2 * 32 * hw + 32 * hw * 16 + 2 * 32 * hw;
+        assert_eq!(r.layers[1].fvcore, expect);
+        // Identity shortcut when the shape is kept: no projection.
+        let same = net(vec![Layer::Residual { body: vec![Layer::conv(16)] }]);
+        assert_eq!(count(&same).unwrap().layers[1].fvcore, 48 * 48 * 16 * 16 * 9);
+    }
+
+    #[test]
+    fn se_and_cbam_follow_fvcores_rules() {
+        let r = count(&net(vec![Layer::Se { reduction: 4 }])).unwrap();
+        // Adaptive average pool over 16x48x48, then linear 16->4 and 4->16.
+        assert_eq!(r.layers[1].fvcore, 16 * 48 * 48 + 16 * 4 + 4 * 16);
+        assert_eq!(r.layers[1].params, 16 * 4 + 4 + 4 * 16 + 16);
+        let r = count(&net(vec![Layer::Cbam { reduction: 4, kernel: 7 }])).unwrap();
+        assert_eq!(r.layers[1].fvcore, 16 * 48 * 48 + 2 * (16 * 4 + 4 * 16) + 48 * 48 * 2 * 49);
     }
 
     #[test]

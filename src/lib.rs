@@ -4,11 +4,13 @@
 //! runs the training loop, `eval` scores models, `flops` counts their cost as fvcore does,
 //! `plot` draws figures, `stats` analyses the data set and `predict` labels faces.
 
+pub mod augment;
 pub mod bench;
 pub mod config;
 pub mod data;
 pub mod eval;
 pub mod flops;
+pub mod loss;
 pub mod model;
 pub mod optim;
 pub mod plot;

@@ -17,6 +17,15 @@ fn d2() -> i64 {
 fn d3() -> i64 {
     3
 }
+fn d7() -> i64 {
+    7
+}
+fn d_reduction() -> i64 {
+    8
+}
+fn leaky_slope() -> f64 {
+    0.01
+}
 fn yes() -> bool {
     true
 }
@@ -64,6 +73,38 @@ pub enum Layer {
     Dropout {
         p: f64,
     },
+    LeakyRelu {
+        #[serde(default = "leaky_slope")]
+        slope: f64,
+    },
+    Silu,
+    Gelu,
+    /// MobileNet block: depthwise kxk conv, BN, ReLU, pointwise 1x1 conv, BN, ReLU.
+    Separable {
+        out: i64,
+        #[serde(default = "d3")]
+        kernel: i64,
+        #[serde(default = "d1")]
+        stride: i64,
+    },
+    /// `body(x) + shortcut(x)`: the shortcut is the identity when shapes agree, else a 1x1
+    /// projection (with batch norm when the body has it).
+    Residual {
+        body: Vec<Layer>,
+    },
+    /// Squeeze-and-excitation: channel gates from the global average, through a bottleneck.
+    Se {
+        #[serde(default = "d_reduction")]
+        reduction: i64,
+    },
+    /// CBAM: channel attention (average- and max-pooled, shared MLP), then spatial attention
+    /// (a kxk conv over the channel mean and max).
+    Cbam {
+        #[serde(default = "d_reduction")]
+        reduction: i64,
+        #[serde(default = "d7")]
+        kernel: i64,
+    },
 }
 
 impl Layer {
@@ -105,6 +146,15 @@ impl Layer {
             Layer::Flatten => "flatten".into(),
             Layer::Linear { .. } => "linear".into(),
             Layer::Dropout { p } => format!("dropout({p})"),
+            Layer::LeakyRelu { .. } => "leaky_relu".into(),
+            Layer::Silu => "silu".into(),
+            Layer::Gelu => "gelu".into(),
+            Layer::Separable { kernel, stride, .. } => format!("separable{kernel}x{kernel}/s{stride}"),
+            Layer::Residual { body } => {
+                format!("residual[{}]", body.iter().map(Layer::kind).collect::<Vec<_>>().join(", "))
+            }
+            Layer::Se { reduction } => format!("se(r={reduction})"),
+            Layer::Cbam { reduction, kernel } => format!("cbam(r={reduction}, k={kernel})"),
         }
     }
 }
@@ -118,6 +168,11 @@ pub enum Shape {
 
 impl Shape {
     pub const INPUT: Shape = Shape::Map { c: 1, h: SIDE as i64, w: SIDE as i64 };
+
+    /// A one-channel square input of `side` pixels.
+    pub fn input(side: i64) -> Shape {
+        Shape::Map { c: 1, h: side, w: side }
+    }
 
     pub fn elements(self) -> i64 {
         match self {
@@ -163,7 +218,25 @@ pub fn output_shape(layer: &Layer, input: Shape) -> anyhow::Result<Shape> {
             anyhow::ensure!(h >= *kernel && w >= *kernel, "pool {kernel}x{kernel} does not fit a {h}x{w} map");
             Map { c, h: pooled(h, *kernel, s, 0), w: pooled(w, *kernel, s, 0) }
         }
-        (Layer::BatchNorm | Layer::Relu | Layer::Dropout { .. }, s) => s,
+        (Layer::Separable { out, kernel, stride }, s @ Map { c, .. }) => {
+            let dw = output_shape(&Layer::conv_nb(c, *kernel, *stride, c), s)?;
+            output_shape(&Layer::conv_nb(*out, 1, 1, 1), dw)?
+        }
+        (Layer::Residual { body }, s @ Map { .. }) => {
+            let mut shape = s;
+            for layer in body {
+                shape = output_shape(layer, shape)?;
+            }
+            let Map { h, w, .. } = shape else { anyhow::bail!("a residual body must keep a feature map") };
+            let Map { h: h0, .. } = s else { unreachable!() };
+            anyhow::ensure!(h > 0 && h0 % h == 0 && h == w, "residual body must shrink the map by a whole stride");
+            shape
+        }
+        (Layer::Se { reduction } | Layer::Cbam { reduction, .. }, s @ Map { c, .. }) => {
+            anyhow::ensure!(c / reduction >= 1, "attention reduction {reduction} leaves no channels of {c}");
+            s
+        }
+        (Layer::BatchNorm | Layer::Relu | Layer::Dropout { .. } | Layer::LeakyRelu { .. } | Layer::Silu | Layer::Gelu, s) => s,
         (Layer::GlobalAvgPool, Map { c, .. }) => Flat(c),
         (Layer::Flatten, s) => Flat(s.elements()),
         (Layer::Linear { out, .. }, Flat(_)) => Flat(*out),
@@ -174,7 +247,12 @@ pub fn output_shape(layer: &Layer, input: Shape) -> anyhow::Result<Shape> {
 
 /// Input and output shape of every layer; checks the network ends in 7 class scores.
 pub fn shapes(layers: &[Layer]) -> anyhow::Result<Vec<(Shape, Shape)>> {
-    let mut shape = Shape::INPUT;
+    shapes_at(layers, SIDE as i64)
+}
+
+/// As [`shapes`], for a `side` x `side` input.
+pub fn shapes_at(layers: &[Layer], side: i64) -> anyhow::Result<Vec<(Shape, Shape)>> {
+    let mut shape = Shape::input(side);
     let mut out = Vec::with_capacity(layers.len());
     for (i, layer) in layers.iter().enumerate() {
         let next = output_shape(layer, shape).map_err(|e| anyhow::anyhow!("layer {i} ({}): {e}", layer.kind()))?;
@@ -191,14 +269,156 @@ pub fn shapes(layers: &[Layer]) -> anyhow::Result<Vec<(Shape, Shape)>> {
 // ---------------------------------------------------------------------------------------
 // The named networks (identical to ../shared/bench/torch_reference.py)
 
-pub const NAMED: [&str; 3] = ["baseline", "mobile", "vgg"];
+pub const NAMED: [&str; 4] = ["baseline", "mobile", "vgg", "resnet"];
 
 pub fn named(name: &str) -> Option<Vec<Layer>> {
     match name {
         "baseline" => Some(baseline()),
         "mobile" => Some(mobile()),
         "vgg" => Some(vgg()),
+        "resnet" => Some(ConvNet { blocks: 2, residual: true, ..ConvNet::default() }.layers()),
         _ => None,
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Attention {
+    None,
+    Se,
+    Cbam,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Downsample {
+    /// A 2x2 max pool before each stage after the first.
+    MaxPool,
+    /// The first convolution of each later stage has stride 2.
+    Stride,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    Relu,
+    LeakyRelu,
+    Silu,
+    Gelu,
+}
+
+impl Activation {
+    fn layer(self) -> Layer {
+        match self {
+            Activation::Relu => Layer::Relu,
+            Activation::LeakyRelu => Layer::LeakyRelu { slope: 0.01 },
+            Activation::Silu => Layer::Silu,
+            Activation::Gelu => Layer::Gelu,
+        }
+    }
+}
+
+/// A family of stage-wise convnets whose switches are the ablation's levers: batch norm,
+/// residual shortcuts, attention, depthwise-separable convolutions, dropout, widths, depth.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConvNet {
+    /// One stage per width; each later stage halves the map.
+    pub widths: Vec<i64>,
+    /// Blocks per stage; a block is two 3x3 convolutions.
+    pub blocks: usize,
+    /// Stride of the first convolution (2 halves the 48x48 input at once).
+    pub stem_stride: i64,
+    pub batch_norm: bool,
+    pub residual: bool,
+    pub attention: Attention,
+    /// SE / CBAM bottleneck reduction.
+    pub reduction: i64,
+    pub separable: bool,
+    pub downsample: Downsample,
+    pub activation: Activation,
+    /// Dropout before the classifier.
+    pub dropout: f64,
+}
+
+impl Default for ConvNet {
+    fn default() -> Self {
+        ConvNet {
+            widths: vec![32, 64, 128, 256],
+            blocks: 1,
+            stem_stride: 1,
+            batch_norm: true,
+            residual: false,
+            attention: Attention::None,
+            reduction: 8,
+            separable: false,
+            downsample: Downsample::MaxPool,
+            activation: Activation::Relu,
+            dropout: 0.0,
+        }
+    }
+}
+
+impl ConvNet {
+    fn conv(&self, cin: i64, out: i64, stride: i64) -> Vec<Layer> {
+        let bn = self.batch_norm;
+        let mut layers = if self.separable {
+            vec![
+                Layer::Conv { out: cin, kernel: 3, stride, padding: None, groups: cin, bias: !bn },
+                Layer::BatchNorm,
+                self.activation.layer(),
+                Layer::Conv { out, kernel: 1, stride: 1, padding: None, groups: 1, bias: !bn },
+                Layer::BatchNorm,
+            ]
+        } else {
+            vec![Layer::Conv { out, kernel: 3, stride, padding: None, groups: 1, bias: !bn }, Layer::BatchNorm]
+        };
+        if !bn {
+            layers.retain(|l| *l != Layer::BatchNorm);
+        }
+        layers
+    }
+
+    pub fn layers(&self) -> Vec<Layer> {
+        let act = self.activation.layer();
+        let first = self.widths.first().copied().unwrap_or(32);
+        let mut layers = self.conv(1, first, self.stem_stride);
+        if self.separable {
+            // A depthwise conv of one channel is pointless: the stem is a plain conv.
+            layers = ConvNet { separable: false, ..self.clone() }.conv(1, first, self.stem_stride);
+        }
+        layers.push(act.clone());
+        let mut cin = first;
+        for (s, &w) in self.widths.iter().enumerate() {
+            for b in 0..self.blocks {
+                let down = s > 0 && b == 0;
+                if down && self.downsample == Downsample::MaxPool {
+                    layers.push(Layer::max_pool());
+                }
+                let stride = if down && self.downsample == Downsample::Stride { 2 } else { 1 };
+                let mut body = self.conv(cin, w, stride);
+                body.push(act.clone());
+                body.extend(self.conv(w, w, 1));
+                match self.attention {
+                    Attention::None => {}
+                    Attention::Se => body.push(Layer::Se { reduction: self.reduction }),
+                    Attention::Cbam => body.push(Layer::Cbam { reduction: self.reduction, kernel: 7 }),
+                }
+                if self.residual {
+                    layers.push(Layer::Residual { body });
+                } else {
+                    layers.extend(body);
+                }
+                layers.push(act.clone());
+                cin = w;
+            }
+        }
+        layers.push(Layer::GlobalAvgPool);
+        if self.dropout > 0.0 {
+            layers.push(Layer::Dropout { p: self.dropout });
+        }
+        layers.push(Layer::linear(NUM_CLASSES as i64));
+        layers
     }
 }
 
@@ -264,12 +484,19 @@ enum Built {
     Conv(nn::Conv2D),
     BatchNorm(nn::BatchNorm),
     Relu,
+    LeakyRelu(f64),
+    Silu,
+    Gelu,
     MaxPool { kernel: i64, stride: i64 },
     AvgPool { kernel: i64, stride: i64 },
     GlobalAvgPool,
     Flatten,
     Linear(nn::Linear),
     Dropout(f64),
+    Sequence(Vec<Built>),
+    Residual { body: Vec<Built>, shortcut: Vec<Built> },
+    Se { squeeze: nn::Linear, excite: nn::Linear },
+    Cbam { squeeze: nn::Linear, excite: nn::Linear, spatial: nn::Conv2D },
 }
 
 /// A built network: the layers' modules, in order.
@@ -283,46 +510,99 @@ fn torch_default_init(fan_in: i64) -> nn::Init {
     nn::Init::Uniform { lo: -bound, up: bound }
 }
 
+fn conv(p: nn::Path, cin: i64, out: i64, kernel: i64, stride: i64, padding: i64, groups: i64, bias: bool) -> nn::Conv2D {
+    let init = torch_default_init(cin / groups * kernel * kernel);
+    let cfg = nn::ConvConfig { stride, padding, groups, bias, ws_init: init, bs_init: init, ..Default::default() };
+    nn::conv2d(p, cin, out, kernel, cfg)
+}
+
+fn linear(p: nn::Path, cin: i64, out: i64, bias: bool) -> nn::Linear {
+    let init = torch_default_init(cin);
+    nn::linear(p, cin, out, nn::LinearConfig { ws_init: init, bs_init: Some(init), bias })
+}
+
+fn batch_norm(p: nn::Path, channels: i64) -> nn::BatchNorm {
+    let cfg = nn::BatchNormConfig { ws_init: nn::Init::Const(1.0), ..Default::default() };
+    nn::batch_norm2d(p, channels, cfg)
+}
+
+fn build(root: &nn::Path, layers: &[Layer], mut input: Shape) -> anyhow::Result<Vec<Built>> {
+    let mut built = Vec::with_capacity(layers.len());
+    for (i, layer) in layers.iter().enumerate() {
+        let output = output_shape(layer, input)?;
+        let p = root / i;
+        let cin = input.channels();
+        built.push(match layer {
+            &Layer::Conv { out, kernel, stride, padding, groups, bias } => {
+                Built::Conv(conv(p, cin, out, kernel, stride, padding.unwrap_or(kernel / 2), groups, bias))
+            }
+            Layer::BatchNorm => Built::BatchNorm(batch_norm(p, cin)),
+            Layer::Relu => Built::Relu,
+            &Layer::LeakyRelu { slope } => Built::LeakyRelu(slope),
+            Layer::Silu => Built::Silu,
+            Layer::Gelu => Built::Gelu,
+            &Layer::MaxPool { kernel, stride } => Built::MaxPool { kernel, stride: stride.unwrap_or(kernel) },
+            &Layer::AvgPool { kernel, stride } => Built::AvgPool { kernel, stride: stride.unwrap_or(kernel) },
+            Layer::GlobalAvgPool => Built::GlobalAvgPool,
+            Layer::Flatten => Built::Flatten,
+            &Layer::Linear { out, bias } => Built::Linear(linear(p, input.elements(), out, bias)),
+            &Layer::Dropout { p } => Built::Dropout(p),
+            &Layer::Separable { out, kernel, stride } => {
+                Built::Sequence(build(&p, &separable(cin, out, kernel, stride), input)?)
+            }
+            Layer::Residual { body } => {
+                let body_built = build(&(&p / "body"), body, input)?;
+                let shortcut = match shortcut(body, input, output) {
+                    Some(layers) => build(&(&p / "shortcut"), &layers, input)?,
+                    None => Vec::new(),
+                };
+                Built::Residual { body: body_built, shortcut }
+            }
+            &Layer::Se { reduction } => {
+                Built::Se { squeeze: linear(&p / "squeeze", cin, cin / reduction, true), excite: linear(&p / "excite", cin / reduction, cin, true) }
+            }
+            &Layer::Cbam { reduction, kernel } => Built::Cbam {
+                squeeze: linear(&p / "squeeze", cin, cin / reduction, true),
+                excite: linear(&p / "excite", cin / reduction, cin, true),
+                spatial: conv(&p / "spatial", 2, 1, kernel, 1, kernel / 2, 1, false),
+            },
+        });
+        input = output;
+    }
+    Ok(built)
+}
+
+/// The layers of a depthwise-separable block.
+pub fn separable(cin: i64, out: i64, kernel: i64, stride: i64) -> Vec<Layer> {
+    vec![
+        Layer::conv_nb(cin, kernel, stride, cin),
+        Layer::BatchNorm,
+        Layer::Relu,
+        Layer::conv_nb(out, 1, 1, 1),
+        Layer::BatchNorm,
+        Layer::Relu,
+    ]
+}
+
+/// A residual block's projection shortcut, or None for the identity.
+pub fn shortcut(body: &[Layer], input: Shape, output: Shape) -> Option<Vec<Layer>> {
+    if input == output {
+        return None;
+    }
+    let (Shape::Map { h: h0, .. }, Shape::Map { c, h, .. }) = (input, output) else { return None };
+    let with_bn = body.iter().any(|l| matches!(l, Layer::BatchNorm));
+    let mut layers = vec![Layer::Conv { out: c, kernel: 1, stride: h0 / h, padding: Some(0), groups: 1, bias: !with_bn }];
+    if with_bn {
+        layers.push(Layer::BatchNorm);
+    }
+    Some(layers)
+}
+
 impl Net {
-    pub fn new(root: &nn::Path, layers: &[Layer]) -> anyhow::Result<Net> {
-        let shapes = shapes(layers)?;
-        let mut built = Vec::with_capacity(layers.len());
-        for (i, (layer, (input, _))) in layers.iter().zip(&shapes).enumerate() {
-            let p = root / i;
-            built.push(match *layer {
-                Layer::Conv { out, kernel, stride, padding, groups, bias } => {
-                    let cin = input.channels();
-                    let init = torch_default_init(cin / groups * kernel * kernel);
-                    let cfg = nn::ConvConfig {
-                        stride,
-                        padding: padding.unwrap_or(kernel / 2),
-                        groups,
-                        bias,
-                        ws_init: init,
-                        bs_init: init,
-                        ..Default::default()
-                    };
-                    Built::Conv(nn::conv2d(p, cin, out, kernel, cfg))
-                }
-                Layer::BatchNorm => {
-                    let cfg = nn::BatchNormConfig { ws_init: nn::Init::Const(1.0), ..Default::default() };
-                    Built::BatchNorm(nn::batch_norm2d(p, input.channels(), cfg))
-                }
-                Layer::Relu => Built::Relu,
-                Layer::MaxPool { kernel, stride } => Built::MaxPool { kernel, stride: stride.unwrap_or(kernel) },
-                Layer::AvgPool { kernel, stride } => Built::AvgPool { kernel, stride: stride.unwrap_or(kernel) },
-                Layer::GlobalAvgPool => Built::GlobalAvgPool,
-                Layer::Flatten => Built::Flatten,
-                Layer::Linear { out, bias } => {
-                    let fan_in = input.elements();
-                    let init = torch_default_init(fan_in);
-                    let cfg = nn::LinearConfig { ws_init: init, bs_init: Some(init), bias };
-                    Built::Linear(nn::linear(p, fan_in, out, cfg))
-                }
-                Layer::Dropout { p } => Built::Dropout(p),
-            });
-        }
-        Ok(Net { layers: built })
+    /// Builds `layers` for a `side` x `side` input.
+    pub fn new(root: &nn::Path, layers: &[Layer], side: i64) -> anyhow::Result<Net> {
+        shapes_at(layers, side)?;
+        Ok(Net { layers: build(root, layers, Shape::input(side))? })
     }
 }
 
@@ -332,25 +612,53 @@ impl std::fmt::Debug for Net {
     }
 }
 
+/// Channel gates of squeeze-and-excitation from pooled `[N, C]` features.
+fn gate(pooled: &Tensor, squeeze: &nn::Linear, excite: &nn::Linear) -> Tensor {
+    pooled.apply(squeeze).relu().apply(excite)
+}
+
+fn forward(layers: &[Built], xs: &Tensor, train: bool) -> Tensor {
+    let mut x = xs.shallow_clone();
+    for layer in layers {
+        x = match layer {
+            Built::Conv(c) => x.apply(c),
+            Built::BatchNorm(bn) => x.apply_t(bn, train),
+            Built::Relu => x.relu(),
+            Built::LeakyRelu(slope) => x.maximum(&(&x * *slope)),
+            Built::Silu => x.silu(),
+            Built::Gelu => x.gelu("none"),
+            Built::MaxPool { kernel, stride } => x.max_pool2d([*kernel, *kernel], [*stride, *stride], [0, 0], [1, 1], false),
+            Built::AvgPool { kernel, stride } => {
+                x.avg_pool2d([*kernel, *kernel], [*stride, *stride], [0, 0], false, true, None::<i64>)
+            }
+            Built::GlobalAvgPool => x.adaptive_avg_pool2d([1, 1]).flatten(1, -1),
+            Built::Flatten => x.flatten(1, -1),
+            Built::Linear(l) => x.apply(l),
+            Built::Dropout(p) => x.dropout(*p, train),
+            Built::Sequence(body) => forward(body, &x, train),
+            Built::Residual { body, shortcut } => {
+                let skip = if shortcut.is_empty() { x.shallow_clone() } else { forward(shortcut, &x, train) };
+                forward(body, &x, train) + skip
+            }
+            Built::Se { squeeze, excite } => {
+                let g = gate(&x.adaptive_avg_pool2d([1, 1]).flatten(1, -1), squeeze, excite).sigmoid();
+                &x * g.unsqueeze(-1).unsqueeze(-1)
+            }
+            Built::Cbam { squeeze, excite, spatial } => {
+                let avg = gate(&x.adaptive_avg_pool2d([1, 1]).flatten(1, -1), squeeze, excite);
+                let max = gate(&x.amax([2, 3], false), squeeze, excite);
+                let x = &x * (avg + max).sigmoid().unsqueeze(-1).unsqueeze(-1);
+                let maps = Tensor::cat(&[x.mean_dim(1, true, None::<tch::Kind>), x.amax([1], true)], 1);
+                &x * maps.apply(spatial).sigmoid()
+            }
+        };
+    }
+    x
+}
+
 impl ModuleT for Net {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        let mut x = xs.shallow_clone();
-        for layer in &self.layers {
-            x = match layer {
-                Built::Conv(c) => x.apply(c),
-                Built::BatchNorm(bn) => x.apply_t(bn, train),
-                Built::Relu => x.relu(),
-                Built::MaxPool { kernel, stride } => x.max_pool2d([*kernel, *kernel], [*stride, *stride], [0, 0], [1, 1], false),
-                Built::AvgPool { kernel, stride } => {
-                    x.avg_pool2d([*kernel, *kernel], [*stride, *stride], [0, 0], false, true, None::<i64>)
-                }
-                Built::GlobalAvgPool => x.adaptive_avg_pool2d([1, 1]).flatten(1, -1),
-                Built::Flatten => x.flatten(1, -1),
-                Built::Linear(l) => x.apply(l),
-                Built::Dropout(p) => x.dropout(*p, train),
-            };
-        }
-        x
+        forward(&self.layers, xs, train)
     }
 }
 

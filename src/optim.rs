@@ -104,6 +104,19 @@ impl Optimizer {
         });
     }
 
+    /// Scales the gradients so their total L2 norm is at most `max_norm`.
+    pub fn clip_grad_norm(&mut self, max_norm: f64) {
+        tch::no_grad(|| {
+            let grads: Vec<Tensor> = self.params.iter().map(|(_, p, _)| p.grad()).filter(|g| g.defined()).collect();
+            let total: f64 = grads.iter().map(|g| g.pow_tensor_scalar(2).sum(tch::Kind::Double).double_value(&[])).sum::<f64>().sqrt();
+            if total > max_norm {
+                for mut g in grads {
+                    let _ = g.g_mul_scalar_(max_norm / (total + 1e-6));
+                }
+            }
+        });
+    }
+
     /// State tensors by name, for a checkpoint.
     pub fn state(&self) -> Vec<(String, Tensor)> {
         let mut out = Vec::new();
@@ -125,5 +138,114 @@ impl Optimizer {
         }
         self.steps = steps;
         Ok(())
+    }
+}
+
+/// Learning-rate schedules. Step, cosine and one-cycle are functions of progress; the plateau
+/// schedule reacts to PublicTest accuracy and keeps its state in the run's checkpoint.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Schedule {
+    Constant,
+    /// Multiply by `gamma` every `every` epochs.
+    Step { every: usize, #[serde(default = "half")] gamma: f64 },
+    /// Linear warm-up over `warmup_epochs`, then cosine decay to `min_lr`.
+    Cosine {
+        #[serde(default)]
+        warmup_epochs: f64,
+        #[serde(default)]
+        min_lr: f64,
+    },
+    /// One-cycle (as PyTorch's OneCycleLR, cosine): up to lr over `pct_start`, then down.
+    OneCycle {
+        #[serde(default = "pct_start")]
+        pct_start: f64,
+        #[serde(default = "div_factor")]
+        div_factor: f64,
+        #[serde(default = "final_div_factor")]
+        final_div_factor: f64,
+    },
+    /// Multiply by `factor` when PublicTest accuracy has not improved for `patience` epochs.
+    Plateau {
+        #[serde(default = "patience")]
+        patience: usize,
+        #[serde(default = "half")]
+        factor: f64,
+        #[serde(default)]
+        min_lr: f64,
+    },
+}
+
+fn half() -> f64 {
+    0.5
+}
+fn pct_start() -> f64 {
+    0.3
+}
+fn div_factor() -> f64 {
+    25.0
+}
+fn final_div_factor() -> f64 {
+    1e4
+}
+fn patience() -> usize {
+    2
+}
+
+impl Default for Schedule {
+    fn default() -> Self {
+        Schedule::Constant
+    }
+}
+
+impl Schedule {
+    /// The learning rate at `progress` epochs (fractional within an epoch) of `epochs`;
+    /// `plateau_lr` is the plateau schedule's current rate.
+    pub fn lr(&self, base: f64, progress: f64, epochs: usize, plateau_lr: f64) -> f64 {
+        let total = epochs.max(1) as f64;
+        let cos_between = |hi: f64, lo: f64, t: f64| lo + (hi - lo) * 0.5 * (1.0 + (std::f64::consts::PI * t.clamp(0.0, 1.0)).cos());
+        match *self {
+            Schedule::Constant => base,
+            Schedule::Step { every, gamma } => base * gamma.powi((progress.floor() as usize / every.max(1)) as i32),
+            Schedule::Cosine { warmup_epochs, min_lr } => {
+                if progress < warmup_epochs {
+                    base * (progress + 1e-9) / warmup_epochs
+                } else {
+                    cos_between(base, min_lr, (progress - warmup_epochs) / (total - warmup_epochs).max(1e-9))
+                }
+            }
+            Schedule::OneCycle { pct_start, div_factor, final_div_factor } => {
+                let (start, end) = (base / div_factor, base / div_factor / final_div_factor);
+                let t = progress / total;
+                if t < pct_start {
+                    cos_between(base, start, 1.0 - t / pct_start)
+                } else {
+                    cos_between(base, end, (t - pct_start) / (1.0 - pct_start))
+                }
+            }
+            Schedule::Plateau { .. } => plateau_lr,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules_follow_their_shapes() {
+        let s = Schedule::Step { every: 3, gamma: 0.1 };
+        assert_eq!(s.lr(1.0, 2.9, 10, 0.0), 1.0);
+        assert!((s.lr(1.0, 3.0, 10, 0.0) - 0.1).abs() < 1e-12);
+        let c = Schedule::Cosine { warmup_epochs: 2.0, min_lr: 0.0 };
+        assert!((c.lr(1.0, 1.0, 10, 0.0) - 0.5).abs() < 1e-6);
+        assert!((c.lr(1.0, 2.0, 10, 0.0) - 1.0).abs() < 1e-6);
+        assert!((c.lr(1.0, 6.0, 10, 0.0) - 0.5).abs() < 1e-6);
+        assert!(c.lr(1.0, 10.0, 10, 0.0).abs() < 1e-9);
+        let o = Schedule::OneCycle { pct_start: 0.3, div_factor: 25.0, final_div_factor: 1e4 };
+        assert!((o.lr(1.0, 0.0, 10, 0.0) - 0.04).abs() < 1e-9);
+        assert!((o.lr(1.0, 3.0, 10, 0.0) - 1.0).abs() < 1e-9);
+        assert!(o.lr(1.0, 10.0, 10, 0.0) < 1e-5);
+        assert_eq!(Schedule::Plateau { patience: 2, factor: 0.5, min_lr: 0.0 }.lr(1.0, 4.0, 10, 0.25), 0.25);
     }
 }

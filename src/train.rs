@@ -10,8 +10,12 @@ use std::time::Instant;
 use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
 
-use crate::config::Config;
-use crate::data::{normalize, write_atomic, Dataset, Faces, Split};
+use crate::config::{Config, Tta};
+use crate::augment::epoch_batches;
+use crate::data::{write_atomic, Dataset, Faces, Split, NUM_CLASSES};
+use crate::loss::Loss;
+use crate::optim::Schedule;
+use std::sync::Arc;
 use crate::eval::{evaluate, logits, Evaluation};
 use crate::model::{param_count, Net};
 use crate::optim::Optimizer;
@@ -28,6 +32,16 @@ pub struct EpochMetrics {
     pub seconds: f64,
 }
 
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TtaScore {
+    pub kind: Tta,
+    pub views: usize,
+    pub val_acc: f64,
+    pub test_acc: f64,
+    pub fvcore_flops: i64,
+    pub efficiency: f64,
+}
+
 /// What `last.json` records: enough to resume exactly.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct RunState {
@@ -37,6 +51,13 @@ struct RunState {
     best_val_acc: f64,
     best_epoch: usize,
     history: Vec<EpochMetrics>,
+    /// The plateau schedule's current rate and epochs without a PublicTest gain.
+    #[serde(default)]
+    plateau_lr: f64,
+    #[serde(default)]
+    plateau_bad_epochs: usize,
+    #[serde(default)]
+    stopped_early: bool,
 }
 
 /// The finished run's record, `summary.json`.
@@ -55,6 +76,9 @@ pub struct Summary {
     pub fvcore_flops: i64,
     /// test accuracy in % per fvcore GFLOP.
     pub efficiency: f64,
+    /// Test-time augmentation, scored separately: its views cost views x the FLOPs.
+    #[serde(default)]
+    pub tta: Option<TtaScore>,
     pub train_seconds: f64,
     pub threads: i32,
     pub device: String,
@@ -95,7 +119,7 @@ pub struct Trained {
 impl Trained {
     pub fn new(config: &Config, device: Device) -> anyhow::Result<Trained> {
         let vs = nn::VarStore::new(device);
-        let net = Net::new(&vs.root(), &config.layers()?)?;
+        let net = Net::new(&vs.root(), &config.layers()?, config.train.input_size as i64)?;
         Ok(Trained { config: config.clone(), vs, net })
     }
 
@@ -117,12 +141,22 @@ impl Trained {
         save_atomic(path, |tmp| Ok(self.vs.save(tmp)?))
     }
 
+    /// Single-pass class scores (the centre crop when the input is smaller than 48).
     pub fn logits(&self, faces: &Faces) -> Tensor {
-        logits(&self.net, faces, self.config.train.eval_batch_size, self.vs.device())
+        self.logits_with(faces, Tta::None)
+    }
+
+    pub fn logits_with(&self, faces: &Faces, tta: Tta) -> Tensor {
+        let t = &self.config.train;
+        logits(&self.net, faces, t.eval_batch_size, self.vs.device(), t.input_size, tta)
     }
 
     pub fn evaluate(&self, faces: &Faces) -> Evaluation {
         evaluate(&self.logits(faces), &faces.labels)
+    }
+
+    pub fn evaluate_with(&self, faces: &Faces, tta: Tta) -> Evaluation {
+        evaluate(&self.logits_with(faces, tta), &faces.labels)
     }
 }
 
@@ -183,43 +217,59 @@ pub fn train(config: &Config, data: &Dataset, opts: &TrainOptions) -> anyhow::Re
     let lines: String = state.history.iter().map(|m| serde_json::to_string(m).unwrap() + "\n").collect();
     write_atomic(&metrics_path, lines.as_bytes())?;
 
-    let (x_train, y_train) = train_faces.tensors();
-    let x_train = normalize(&x_train).to_device(opts.device);
-    let y_train = y_train.to_device(opts.device);
+    let counts = data.counts()[Split::Training as usize];
+    let loss_fn = Loss::new(&config.train, &counts, opts.device);
+    let train_faces = Arc::new(train_faces);
     let n = train_faces.len();
     let batch = config.train.batch_size;
     let batches = n.div_ceil(batch);
+    let side = config.train.input_size;
+    let schedule = &config.train.schedule;
+    if state.plateau_lr == 0.0 {
+        state.plateau_lr = config.train.lr;
+    }
 
     let last_epoch = match opts.stop_after {
         Some(k) => (state.epochs_done + k).min(config.train.epochs),
         None => config.train.epochs,
     };
     for epoch in state.epochs_done + 1..=last_epoch {
+        if state.stopped_early {
+            break;
+        }
         let started = Instant::now();
         tch::manual_seed(epoch_seed(config.seed, epoch) as i64);
         let mut order: Vec<i64> = (0..n as i64).collect();
         fastrand::Rng::with_seed(epoch_seed(config.seed, epoch)).shuffle(&mut order);
+        let batches_rx = epoch_batches(train_faces.clone(), order, batch, side, config.augment.clone(), config.seed, epoch);
 
         let bar = progress(batches, &format!("epoch {epoch}/{}", config.train.epochs), opts.quiet);
-        let (mut loss_sum, mut correct) = (0.0, 0i64);
-        for (b, chunk) in order.chunks(batch).enumerate() {
-            let idx = Tensor::from_slice(chunk).to_device(opts.device);
-            let xb = x_train.index_select(0, &idx);
-            let yb = y_train.index_select(0, &idx);
+        let (mut loss_sum, mut correct, mut seen) = (0.0, 0i64, 0usize);
+        for (b, batch_data) in batches_rx.iter().enumerate() {
+            let len = batch_data.len() as i64;
+            let progress_epochs = (epoch - 1) as f64 + b as f64 / batches as f64;
+            optimizer.lr = schedule.lr(config.train.lr, progress_epochs, config.train.epochs, state.plateau_lr);
+            let xb = Tensor::from_slice(&batch_data.images).reshape([len, 1, side as i64, side as i64]).to_device(opts.device);
+            let yb = Tensor::from_slice(&batch_data.labels).to_device(opts.device);
+            let targets = Tensor::from_slice(&batch_data.targets).reshape([len, NUM_CLASSES as i64]).to_device(opts.device);
             let out = model.net.forward_t(&xb, true);
-            let loss = out.cross_entropy_for_logits(&yb);
+            let loss = loss_fn.soft(&out, &targets);
             optimizer.zero_grad();
             loss.backward();
+            if config.train.grad_clip > 0.0 {
+                optimizer.clip_grad_norm(config.train.grad_clip);
+            }
             optimizer.step();
-            loss_sum += loss.double_value(&[]) * chunk.len() as f64;
+            loss_sum += loss.double_value(&[]) * len as f64;
             correct += out.argmax(-1, false).eq_tensor(&yb).sum(Kind::Int64).int64_value(&[]);
+            seen += len as usize;
             bar.set_position(b as u64 + 1);
-            let seen = (b * batch + chunk.len()) as f64;
             bar.set_message(format!(
-                "loss {:.4} acc {:.1}% {:.0} img/s",
-                loss_sum / seen,
-                100.0 * correct as f64 / seen,
-                seen / started.elapsed().as_secs_f64()
+                "loss {:.4} acc {:.1}% lr {:.2e} {:.0} img/s",
+                loss_sum / seen as f64,
+                100.0 * correct as f64 / seen as f64,
+                optimizer.lr,
+                seen as f64 / started.elapsed().as_secs_f64()
             ));
         }
         bar.finish_and_clear();
@@ -251,7 +301,23 @@ pub fn train(config: &Config, data: &Dataset, opts: &TrainOptions) -> anyhow::Re
         if epoch == 1 || metrics.val_acc > state.best_val_acc {
             state.best_val_acc = metrics.val_acc;
             state.best_epoch = epoch;
+            state.plateau_bad_epochs = 0;
             model.save(&dir.join("best.safetensors"))?;
+        } else {
+            state.plateau_bad_epochs += 1;
+            if let Schedule::Plateau { patience, factor, min_lr } = *schedule {
+                if state.plateau_bad_epochs > patience {
+                    state.plateau_lr = (state.plateau_lr * factor).max(min_lr);
+                    state.plateau_bad_epochs = 0;
+                }
+            }
+            let patience = config.train.early_stopping_patience;
+            if patience > 0 && epoch - state.best_epoch >= patience {
+                state.stopped_early = true;
+                if !opts.quiet {
+                    println!("early stop: no PublicTest gain for {patience} epochs (best epoch {})", state.best_epoch);
+                }
+            }
         }
         let checkpoint = format!("checkpoint-{epoch:04}.safetensors");
         let mut tensors: Vec<(String, Tensor)> =
@@ -271,7 +337,7 @@ pub fn train(config: &Config, data: &Dataset, opts: &TrainOptions) -> anyhow::Re
     }
 
     crate::plot::training_curves(&dir, &state.history)?;
-    if state.epochs_done < config.train.epochs {
+    if state.epochs_done < config.train.epochs && !state.stopped_early {
         anyhow::bail!("stopped after epoch {} of {}; continue with --resume", state.epochs_done, config.train.epochs);
     }
     finish(config, data, &dir, &state, opts)
@@ -305,9 +371,23 @@ fn finish(config: &Config, data: &Dataset, dir: &Path, state: &RunState, opts: &
         return Ok(serde_json::from_slice(&bytes)?);
     }
     let model = Trained::load(dir, opts.device)?;
-    let test = model.evaluate(&data.split(Split::PrivateTest));
+    let test_faces = data.split(Split::PrivateTest);
+    let test = model.evaluate(&test_faces);
     let best = &state.history[state.best_epoch - 1];
-    let flops = crate::flops::count(&config.layers()?)?;
+    let flops = crate::flops::count_at(&config.layers()?, config.train.input_size as i64)?;
+    let tta = config.train.tta;
+    let tta = (tta != Tta::None).then(|| {
+        let views = tta.views();
+        let test_acc = model.evaluate_with(&test_faces, tta).accuracy;
+        TtaScore {
+            kind: tta,
+            views,
+            val_acc: model.evaluate_with(&data.split(Split::PublicTest), tta).accuracy,
+            test_acc,
+            fvcore_flops: flops.fvcore_total * views as i64,
+            efficiency: crate::flops::efficiency(100.0 * test_acc, flops.fvcore_total * views as i64),
+        }
+    });
     let summary = Summary {
         name: config.name.clone(),
         seed: config.seed,
@@ -320,6 +400,7 @@ fn finish(config: &Config, data: &Dataset, dir: &Path, state: &RunState, opts: &
         params: param_count(&model.vs),
         fvcore_flops: flops.fvcore_total,
         efficiency: crate::flops::efficiency(100.0 * test.accuracy, flops.fvcore_total),
+        tta,
         train_seconds: state.history.iter().map(|m| m.seconds).sum(),
         threads: tch::get_num_threads(),
         device: format!("{:?}", opts.device),
@@ -338,6 +419,16 @@ fn finish(config: &Config, data: &Dataset, dir: &Path, state: &RunState, opts: &
             flops.gflops(),
             summary.efficiency
         );
+        if let Some(t) = &summary.tta {
+            println!(
+                "  with {:?} test-time augmentation ({} views): PrivateTest {:.2}% at {:.4} GFLOPs, efficiency {:.1} %/GFLOP",
+                t.kind,
+                t.views,
+                100.0 * t.test_acc,
+                t.fvcore_flops as f64 / 1e9,
+                t.efficiency
+            );
+        }
     }
     Ok(summary)
 }
