@@ -1,0 +1,216 @@
+mod common;
+
+use common::synthetic;
+use fer::augment::{make_batch, AugmentConfig};
+use fer::config::{Config, Tta};
+use fer::data::{Split, NUM_CLASSES, PIXELS, SIDE};
+use fer::model::{Attention, ConvNet, Layer};
+use fer::train::{train, TrainOptions, Trained};
+
+fn faces() -> fer::data::Faces {
+    synthetic([16, 0, 0], 31).split(Split::Training)
+}
+
+fn all_augmentations() -> AugmentConfig {
+    AugmentConfig {
+        crop_padding: 4,
+        hflip: true,
+        rotate_degrees: 15.0,
+        scale: 0.1,
+        shift: 0.1,
+        brightness: 0.3,
+        contrast: 0.3,
+        erasing: 0.5,
+        mixup_alpha: 0.0,
+        cutmix_alpha: 0.0,
+    }
+}
+
+#[test]
+fn augmentation_keeps_shape_labels_and_range_and_is_seeded() {
+    let f = faces();
+    let idx: Vec<i64> = (0..16).collect();
+    for side in [48, 40] {
+        let b = make_batch(&f, &idx, side, &all_augmentations(), 9, true);
+        assert_eq!(b.images.len(), 16 * side * side);
+        assert_eq!(b.labels, f.labels.iter().map(|&l| l as i64).collect::<Vec<_>>());
+        assert!(b.images.iter().all(|v| (-1.0..=1.0).contains(v)));
+        let again = make_batch(&f, &idx, side, &all_augmentations(), 9, true);
+        assert_eq!(b.images, again.images, "same seed, same batch");
+        let other = make_batch(&f, &idx, side, &all_augmentations(), 10, true);
+        assert_ne!(b.images, other.images);
+    }
+}
+
+fn scaled(img: &[u8]) -> Vec<f32> {
+    img.iter().map(|&p| (p as f32 / 255.0 - 0.5) / 0.5).collect()
+}
+
+#[test]
+fn no_augmentation_is_the_notebooks_scaling_and_flip_mirrors() {
+    let f = faces();
+    let plain = make_batch(&f, &[3], 48, &AugmentConfig::default(), 1, true);
+    assert_eq!(plain.images, scaled(f.image(3)));
+    let flip = AugmentConfig { hflip: true, ..Default::default() };
+    let mirrored: Vec<f32> = (0..PIXELS).map(|i| plain.images[(i / SIDE) * SIDE + SIDE - 1 - i % SIDE]).collect();
+    let (mut saw_flip, mut saw_same) = (false, false);
+    for seed in 0..20 {
+        let b = make_batch(&f, &[3], 48, &flip, seed, true);
+        saw_flip |= b.images == mirrored;
+        saw_same |= b.images == plain.images;
+        assert!(b.images == mirrored || b.images == plain.images);
+    }
+    assert!(saw_flip && saw_same);
+    // Padded random crop: a shifted copy with zero (black, -1) fill.
+    let crop = AugmentConfig { crop_padding: 4, ..Default::default() };
+    let b = make_batch(&f, &[3], 48, &crop, 5, true);
+    let found = (-4i64..=4).any(|dy| {
+        (-4i64..=4).any(|dx| {
+            (0..SIDE as i64).all(|y| {
+                (0..SIDE as i64).all(|x| {
+                    let (sx, sy) = (x + dx, y + dy);
+                    let want = if (0..48).contains(&sx) && (0..48).contains(&sy) { plain.images[(sy * 48 + sx) as usize] } else { -1.0 };
+                    b.images[(y * 48 + x) as usize] == want
+                })
+            })
+        })
+    });
+    assert!(found, "a padded crop is a shift of the face");
+}
+
+#[test]
+fn mixup_and_cutmix_targets_sum_to_one() {
+    let f = faces();
+    let idx: Vec<i64> = (0..16).collect();
+    for cfg in [AugmentConfig { mixup_alpha: 0.4, ..Default::default() }, AugmentConfig { cutmix_alpha: 1.0, ..Default::default() }] {
+        let b = make_batch(&f, &idx, 48, &cfg, 3, true);
+        let mut mixed = 0;
+        for k in 0..16 {
+            let row = &b.targets[k * NUM_CLASSES..(k + 1) * NUM_CLASSES];
+            assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5, "{row:?}");
+            assert!(row.iter().filter(|&&v| v > 0.0).count() <= 2);
+            assert!(row[b.labels[k] as usize] > 0.0, "the face's own label keeps weight");
+            mixed += usize::from(row.iter().any(|&v| v > 0.0 && v < 1.0));
+        }
+        assert!(mixed > 0, "{cfg:?} mixed some faces");
+    }
+    // At evaluation there is no mixing.
+    let b = make_batch(&f, &idx, 48, &AugmentConfig { mixup_alpha: 0.4, ..Default::default() }, 3, false);
+    assert!(b.targets.iter().all(|&v| v == 0.0 || v == 1.0));
+}
+
+#[test]
+fn blocks_build_with_the_shapes_and_parameters_the_counter_expects() {
+    for net in [
+        ConvNet { widths: vec![8, 16], residual: true, attention: Attention::Se, reduction: 4, ..Default::default() },
+        ConvNet { widths: vec![8, 16], residual: true, attention: Attention::Cbam, reduction: 4, ..Default::default() },
+        ConvNet { widths: vec![8, 16], separable: true, batch_norm: true, dropout: 0.2, ..Default::default() },
+        ConvNet { widths: vec![8, 16], batch_norm: false, downsample: fer::model::Downsample::Stride, ..Default::default() },
+    ] {
+        let layers = net.layers();
+        let trained = Trained::new(&config_with(&layers), tch::Device::Cpu).unwrap();
+        let x = tch::Tensor::zeros([3, 1, 48, 48], (tch::Kind::Float, tch::Device::Cpu));
+        let out = tch::nn::ModuleT::forward_t(&trained.net, &x, false);
+        assert_eq!(out.size(), [3, 7]);
+        let counted = fer::flops::count(&layers).unwrap();
+        assert_eq!(counted.params, fer::model::param_count(&trained.vs), "{net:?}");
+    }
+    // A residual block around a stride-2 body gets a projection shortcut with its own weights.
+    let trained = Trained::new(
+        &config_with(&ConvNet { widths: vec![8, 16], downsample: fer::model::Downsample::Stride, residual: true, ..Default::default() }.layers()),
+        tch::Device::Cpu,
+    )
+    .unwrap();
+    assert!(trained.vs.variables().keys().any(|k| k.contains("shortcut")));
+}
+
+fn config_with(layers: &[Layer]) -> Config {
+    let mut c = Config::for_network("baseline");
+    c.model.network = None;
+    c.model.layers = Some(layers.to_vec());
+    c
+}
+
+#[test]
+fn every_lever_round_trips_through_a_config_file() {
+    let text = r#"
+name = "all-levers"
+seed = 3
+[model.convnet]
+widths = [16, 32]
+residual = true
+attention = "cbam"
+separable = true
+dropout = 0.3
+activation = "silu"
+[train]
+optimizer = "sgd"
+momentum = 0.9
+nesterov = true
+weight_decay = 5e-4
+label_smoothing = 0.1
+focal_gamma = 1.0
+class_weighted = true
+early_stopping_patience = 4
+grad_clip = 1.0
+input_size = 44
+tta = "ten_crop"
+schedule = { kind = "cosine", warmup_epochs = 1.0 }
+[augment]
+crop_padding = 4
+hflip = true
+mixup_alpha = 0.2
+erasing = 0.25
+"#;
+    let c = Config::parse(text).unwrap();
+    assert_eq!(Config::parse(&c.to_toml()).unwrap(), c);
+    assert_eq!(c.train.tta, Tta::TenCrop);
+    assert!(Config::parse(&text.replace("input_size = 44", "input_size = 48")).unwrap_err().to_string().contains("ten-crop"));
+    assert!(Config::parse(&text.replace("hflip", "hflop")).is_err(), "unknown keys are errors");
+}
+
+#[test]
+fn ten_crop_views_average_to_probabilities() {
+    let mut c = common::tiny_config("tta", 1);
+    c.train.input_size = 40;
+    c.train.tta = Tta::TenCrop;
+    let m = Trained::new(&c, tch::Device::Cpu).unwrap();
+    let f = synthetic([0, 0, 5], 2).split(Split::PrivateTest);
+    let log_p = m.logits_with(&f, Tta::TenCrop);
+    assert_eq!(log_p.size(), [5, 7]);
+    let sums: Vec<f32> = Vec::try_from(log_p.exp().sum_dim_intlist(-1, false, tch::Kind::Float)).unwrap();
+    assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-5));
+    // TTA is a different measurement from the single pass.
+    assert!(!log_p.equal(&m.logits(&f)));
+}
+
+#[test]
+fn early_stopping_ends_a_run_that_stopped_improving() {
+    tch::set_num_threads(1);
+    let mut c = common::tiny_config("stop", 6);
+    // Without batch norm and with lr 0 nothing changes, so PublicTest never improves after epoch 1.
+    c.model.layers.as_mut().unwrap().retain(|l| *l != Layer::BatchNorm);
+    c.train.lr = 0.0;
+    c.train.early_stopping_patience = 2;
+    let runs = tempfile::tempdir().unwrap();
+    let opts = TrainOptions { runs_dir: runs.path().to_path_buf(), quiet: true, ..Default::default() };
+    let s = train(&c, &synthetic([70, 35, 35], 4), &opts).unwrap();
+    assert_eq!((s.epochs, s.best_epoch), (3, 1));
+}
+
+#[test]
+fn schedules_and_losses_train_end_to_end() {
+    tch::set_num_threads(1);
+    let text = format!(
+        "name = \"mix\"\nseed = 1\n{}\n[train]\nepochs = 3\nbatch_size = 32\nlr = 0.01\noptimizer = \"adamw\"\nweight_decay = 0.01\nlabel_smoothing = 0.1\nclass_weighted = true\ngrad_clip = 5.0\nschedule = {{ kind = \"one_cycle\" }}\n[augment]\nhflip = true\ncutmix_alpha = 1.0\n",
+        common::TINY_NET
+    );
+    let c = Config::parse(&text).unwrap();
+    let runs = tempfile::tempdir().unwrap();
+    let opts = TrainOptions { runs_dir: runs.path().to_path_buf(), quiet: true, ..Default::default() };
+    train(&c, &synthetic([140, 35, 35], 5), &opts).unwrap();
+    let lines = std::fs::read_to_string(runs.path().join("mix/metrics.jsonl")).unwrap();
+    let lrs: Vec<f64> = lines.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["lr"].as_f64().unwrap()).collect();
+    assert_eq!(lrs.len(), 3);
+    assert!(lrs[2] < lrs[0].max(lrs[1]), "one-cycle comes down: {lrs:?}");
+}
