@@ -276,3 +276,35 @@ pub fn epoch_batches(
     });
     rx
 }
+
+/// `fer data augment-preview`: each row one Training face, first as stored, then as
+/// `per_face` augmented versions, as the network sees them.
+pub fn preview(faces: &Faces, cfg: &AugmentConfig, side: usize, rows: usize, per_face: usize, seed: u64, out: &std::path::Path) -> anyhow::Result<()> {
+    use crate::plot::{face_grid, Tile};
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut tiles = Vec::new();
+    for r in 0..rows.min(faces.len()) {
+        let i = rng.usize(..faces.len());
+        let label = crate::data::CLASSES[faces.labels[i] as usize];
+        tiles.push(Tile { pixels: faces.image(i).to_vec(), caption: vec![format!("{label} (original)")], color: plotters::style::BLACK });
+        // A batch of copies of the same face, so mixup / cutmix partners are visible too.
+        let partner = rng.usize(..faces.len());
+        let idx: Vec<i64> = (0..per_face).map(|k| if k % 2 == 1 && per_face > 2 { partner as i64 } else { i as i64 }).collect();
+        let batch = make_batch(faces, &idx, side, cfg, batch_seed(seed, r, 0), true);
+        for k in 0..per_face {
+            let px: Vec<u8> = batch.images[k * side * side..(k + 1) * side * side]
+                .iter()
+                .map(|&v| ((v * 0.5 + 0.5) * 255.0).round().clamp(0.0, 255.0) as u8)
+                .collect();
+            let t = &batch.targets[k * NUM_CLASSES..(k + 1) * NUM_CLASSES];
+            let top = (0..NUM_CLASSES).max_by(|&a, &b| t[a].total_cmp(&t[b])).unwrap();
+            let caption = if t[top] < 1.0 {
+                vec![format!("{} {:.2}", crate::data::CLASSES[top], t[top])]
+            } else {
+                vec![crate::data::CLASSES[top].to_string()]
+            };
+            tiles.push(Tile { pixels: px, caption, color: plotters::style::RGBColor(40, 40, 160) });
+        }
+    }
+    face_grid(out, "Augmented Training faces: original, then what the network sees", &tiles, per_face + 1)
+}

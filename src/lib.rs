@@ -4,6 +4,7 @@
 //! runs the training loop, `eval` scores models, `flops` counts their cost as fvcore does,
 //! `plot` draws figures, `stats` analyses the data set and `predict` labels faces.
 
+pub mod ablate;
 pub mod augment;
 pub mod bench;
 pub mod config;

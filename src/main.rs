@@ -45,6 +45,19 @@ enum Command {
         /// Train on this device: cpu, or cuda / cuda:N.
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// When done, copy the run's record (config, metrics, summary, plots; no weights) here.
+        #[arg(long)]
+        record: Option<PathBuf>,
+    },
+    /// Run an ablation: one training run per combination of methods, and its table.
+    Ablate {
+        /// The ablation file (TOML: name, base, mode, [[methods]]).
+        file: PathBuf,
+        #[arg(long, default_value = "runs")]
+        runs: PathBuf,
+        /// Where the table and each row's record go (default results/<name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Inspect the data set: statistics, figures, CSV export.
     Data {
@@ -125,6 +138,19 @@ enum DataCommand {
         #[arg(long)]
         json: bool,
     },
+    /// A PNG grid of Training faces as a config's augmentation shows them to the network.
+    AugmentPreview {
+        #[arg(long, default_value = "configs/baseline.toml")]
+        config: PathBuf,
+        #[arg(long, default_value = "runs/augment-preview.png")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 6)]
+        rows: usize,
+        #[arg(long, default_value_t = 7)]
+        per_face: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
     /// Write the data set as Kaggle's fer2013.csv (emotion,pixels,Usage).
     ExportCsv {
         #[arg(long, default_value = "fer2013.csv")]
@@ -155,14 +181,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         tch::set_num_threads(n);
     }
     match cli.command {
-        Command::Train { config, resume, fresh, runs, epochs, device: dev } => {
+        Command::Train { config, resume, fresh, runs, epochs, device: dev, record } => {
             let mut cfg = Config::load(&config)?;
             if let Some(e) = epochs {
                 cfg.train.epochs = e;
             }
             let data = fer::data::load(&cli.data)?;
-            let opts = TrainOptions { runs_dir: runs, resume, fresh, device: device(&dev)?, ..Default::default() };
+            let opts = TrainOptions { runs_dir: runs.clone(), resume, fresh, device: device(&dev)?, ..Default::default() };
             train(&cfg, &data, &opts)?;
+            if let Some(dest) = record {
+                fer::ablate::record_run(&runs.join(&cfg.name), &dest)?;
+                println!("record copied to {}", dest.display());
+            }
+        }
+        Command::Ablate { file, runs, out } => {
+            let (ablation, base) = fer::ablate::AblationFile::load(&file)?;
+            let out = out.unwrap_or_else(|| PathBuf::from("results").join(&ablation.name));
+            let data = fer::data::load(&cli.data)?;
+            println!("{}", fer::ablate::run(&ablation, &base, &data, &runs, &out)?);
         }
         Command::Data { command: DataCommand::Stats { out, json } } => {
             let data = fer::data::load(&cli.data)?;
@@ -172,6 +208,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 println!("{}\nwritten to {}/ (stats.json, stats.md, samples.png, mean_faces.png)", stats.text(), out.display());
             }
+        }
+        Command::Data { command: DataCommand::AugmentPreview { config, out, rows, per_face, seed } } => {
+            let cfg = Config::load(&config)?;
+            let data = fer::data::load(&cli.data)?;
+            let train = data.split(Split::Training);
+            fer::augment::preview(&train, &cfg.augment, cfg.train.input_size, rows, per_face, seed, &out)?;
+            println!("wrote {}", out.display());
         }
         Command::Data { command: DataCommand::ExportCsv { out } } => {
             let data = fer::data::load(&cli.data)?;

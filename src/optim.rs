@@ -249,3 +249,48 @@ mod tests {
         assert_eq!(Schedule::Plateau { patience: 2, factor: 0.5, min_lr: 0.0 }.lr(1.0, 4.0, 10, 0.25), 0.25);
     }
 }
+
+#[cfg(test)]
+mod against_libtorch {
+    use super::*;
+    use tch::nn::OptimizerConfig;
+    use tch::{Device, Kind};
+
+    /// Our optimizers and libtorch's own, from the same start on the same loss, agree.
+    fn compare(cfg: &TrainConfig, theirs: impl OptimizerConfig) {
+        tch::manual_seed(1);
+        let x = Tensor::randn([16, 5], (Kind::Float, Device::Cpu));
+        let y = Tensor::randint(3, [16], (Kind::Int64, Device::Cpu));
+        let make = || {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let lin = nn::linear(vs.root() / "l", 5, 3, Default::default());
+            (vs, lin)
+        };
+        let (vs_a, lin_a) = make();
+        let (mut vs_b, lin_b) = make();
+        vs_b.copy(&vs_a).unwrap();
+        let mut ours = Optimizer::new(&vs_a, cfg);
+        let mut lib = theirs.build(&vs_b, cfg.lr).unwrap();
+        for _ in 0..5 {
+            ours.zero_grad();
+            x.apply(&lin_a).cross_entropy_for_logits(&y).backward();
+            ours.step();
+            lib.zero_grad();
+            x.apply(&lin_b).cross_entropy_for_logits(&y).backward();
+            lib.step();
+        }
+        let diff = (&lin_a.ws - &lin_b.ws).abs().max().double_value(&[]);
+        assert!(diff < 1e-6, "{:?}: max difference {diff}", cfg.optimizer);
+        assert!((&lin_a.ws - x.zeros_like().sum(Kind::Float)).abs().max().double_value(&[]) > 0.0);
+    }
+
+    #[test]
+    fn adam_adamw_and_sgd_match_libtorch() {
+        let base = TrainConfig { lr: 0.05, ..TrainConfig::default() };
+        compare(&base, nn::Adam::default());
+        let adamw = TrainConfig { optimizer: OptimizerKind::Adamw, weight_decay: 0.1, ..base.clone() };
+        compare(&adamw, nn::AdamW { wd: 0.1, ..Default::default() });
+        let sgd = TrainConfig { optimizer: OptimizerKind::Sgd, momentum: 0.9, weight_decay: 0.01, nesterov: true, ..base.clone() };
+        compare(&sgd, nn::Sgd { momentum: 0.9, dampening: 0.0, wd: 0.01, nesterov: true });
+    }
+}

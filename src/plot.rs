@@ -139,7 +139,7 @@ pub fn confusion_matrix(path: &Path, eval: &Evaluation, split: &str) -> anyhow::
     Ok(())
 }
 
-/// One tile of a face grid: 48x48 pixels and up to three caption lines.
+/// One tile of a face grid: a square face (48x48 or smaller) and its caption lines.
 pub struct Tile {
     pub pixels: Vec<u8>,
     pub caption: Vec<String>,
@@ -152,6 +152,7 @@ pub fn face_grid(path: &Path, title: &str, tiles: &[Tile], cols: usize) -> anyho
     register_font();
     let scale = 2usize;
     let face = SIDE * scale;
+    let side_of = |t: &Tile| (t.pixels.len() as f64).sqrt() as usize;
     let lines = tiles.iter().map(|t| t.caption.len()).max().unwrap_or(0);
     let (tile_w, tile_h, head) = (face + 16, face + 8 + 16 * lines, 40usize);
     let rows = tiles.len().div_ceil(cols.max(1));
@@ -159,9 +160,10 @@ pub fn face_grid(path: &Path, title: &str, tiles: &[Tile], cols: usize) -> anyho
     let mut buf = vec![255u8; w * h * 3];
     for (i, tile) in tiles.iter().enumerate() {
         let (x0, y0) = (5 + (i % cols) * tile_w + 8, head + (i / cols) * tile_h);
-        for y in 0..face {
-            for x in 0..face {
-                let v = tile.pixels[(y / scale) * SIDE + x / scale];
+        let side = side_of(tile);
+        for y in 0..side * scale {
+            for x in 0..side * scale {
+                let v = tile.pixels[(y / scale) * side + x / scale];
                 let at = ((y0 + y) * w + x0 + x) * 3;
                 buf[at..at + 3].copy_from_slice(&[v, v, v]);
             }
