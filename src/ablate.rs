@@ -168,8 +168,16 @@ fn write_tables(file: &AblationFile, rows: &[Row], summaries: &[Summary], out: &
 }
 
 /// The small files of a finished run that a report needs, copied for committing (no weights).
-pub const RECORD_FILES: [&str; 7] =
-    ["config.toml", "metrics.jsonl", "summary.json", "test_eval.txt", "accuracy.png", "loss.png", "confusion_test.png"];
+pub const RECORD_FILES: [&str; 8] = [
+    "config.toml",
+    "metrics.jsonl",
+    "summary.json",
+    "test_eval.txt",
+    "test_eval.json",
+    "accuracy.png",
+    "loss.png",
+    "confusion_test.png",
+];
 
 pub fn record_run(run: &Path, dest: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dest)?;

@@ -1,7 +1,7 @@
 //! Scoring a model: exact loss and accuracy over a whole split, per-class precision, recall
 //! and F1, and the confusion matrix.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tch::nn::ModuleT;
 use tch::{Device, Kind, Tensor};
 
@@ -65,7 +65,7 @@ pub fn logits(net: &dyn ModuleT, faces: &Faces, batch_size: usize, device: Devic
     Tensor::cat(&parts, 0)
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ClassScores {
     pub class: String,
     pub precision: f64,
@@ -74,7 +74,7 @@ pub struct ClassScores {
     pub support: u64,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Evaluation {
     pub samples: usize,
     /// Fraction correct, over all samples.

@@ -16,5 +16,6 @@ pub mod model;
 pub mod optim;
 pub mod plot;
 pub mod predict;
+pub mod report;
 pub mod stats;
 pub mod train;

@@ -49,6 +49,26 @@ enum Command {
         #[arg(long)]
         record: Option<PathBuf>,
     },
+    /// Write REPORT.md and a self-contained report.html from run records.
+    Report {
+        /// The baseline's run (or record) folder.
+        #[arg(long, default_value = "results/baseline")]
+        baseline: PathBuf,
+        /// Other run folders to include.
+        #[arg(long)]
+        run: Vec<PathBuf>,
+        /// An ablation's output folder (table and row records).
+        #[arg(long)]
+        ablation: Option<PathBuf>,
+        /// `fer data stats` JSON.
+        #[arg(long)]
+        data_stats: Option<PathBuf>,
+        /// Extra figures to include (e.g. runs/data/samples.png; keep those out of git).
+        #[arg(long)]
+        figure: Vec<PathBuf>,
+        #[arg(long, default_value = "results/report")]
+        out: PathBuf,
+    },
     /// Run an ablation: one training run per combination of methods, and its table.
     Ablate {
         /// The ablation file (TOML: name, base, mode, [[methods]]).
@@ -193,6 +213,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 fer::ablate::record_run(&runs.join(&cfg.name), &dest)?;
                 println!("record copied to {}", dest.display());
             }
+        }
+        Command::Report { baseline, run, ablation, data_stats, figure, out } => {
+            let inputs = fer::report::ReportInputs { baseline, runs: run, ablation, data_stats, figures: figure, out };
+            let path = fer::report::write(&inputs)?;
+            println!("wrote {} and report.html beside it", path.display());
         }
         Command::Ablate { file, runs, out } => {
             let (ablation, base) = fer::ablate::AblationFile::load(&file)?;

@@ -12,7 +12,7 @@ use crate::train::EpochMetrics;
 
 const FONT: &str = "sans-serif";
 
-fn register_font() {
+pub fn register_font() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let _ = plotters::style::register_font(FONT, FontStyle::Normal, epaint_default_fonts::UBUNTU_LIGHT);

@@ -24,6 +24,8 @@ pub struct DataStats {
     /// Groups whose members sit in more than one split (a leak between train and test).
     pub cross_split_groups: Vec<Vec<String>>,
     pub cross_split_pairs: BTreeMap<String, usize>,
+    /// Duplicate groups whose copies carry different labels (label noise).
+    pub conflicting_label_groups: usize,
     pub near_constant: Vec<String>,
 }
 
@@ -60,6 +62,7 @@ pub fn analyse(data: &Dataset) -> DataStats {
         faces_in_duplicate_groups: groups.iter().map(Vec::len).sum(),
         cross_split_groups,
         cross_split_pairs,
+        conflicting_label_groups: groups.iter().filter(|g| g.iter().any(|&i| data.labels[i] != data.labels[g[0]])).count(),
         near_constant: near_constant(data, NEAR_CONSTANT_STD)
             .into_iter()
             .map(|(i, std)| format!("{} ({}, std {std:.2})", data.sources[i], data.splits[i]))
@@ -98,11 +101,12 @@ impl DataStats {
         let mut s = format!("{}\n\n", self.counts_table());
         s += &format!("Imbalance (Training, largest class / smallest): {:.1}x\n", self.imbalance);
         s += &format!(
-            "Exact duplicates: {} groups holding {} faces; {} groups cross splits {:?}\n",
+            "Exact duplicates: {} groups holding {} faces; {} groups cross splits {:?}; {} groups carry conflicting labels\n",
             self.duplicate_groups,
             self.faces_in_duplicate_groups,
             self.cross_split_groups.len(),
-            self.cross_split_pairs
+            self.cross_split_pairs,
+            self.conflicting_label_groups
         );
         s += &format!("Blank or near-constant faces (pixel std < {NEAR_CONSTANT_STD}): {}\n", self.near_constant.len());
         s

@@ -408,6 +408,7 @@ fn finish(config: &Config, data: &Dataset, dir: &Path, state: &RunState, opts: &
     };
     write_atomic(&summary_path, &serde_json::to_vec_pretty(&summary)?)?;
     write_atomic(&dir.join("test_eval.txt"), test.tables().as_bytes())?;
+    write_atomic(&dir.join("test_eval.json"), &serde_json::to_vec_pretty(&test)?)?;
     crate::plot::confusion_matrix(&dir.join("confusion_test.png"), &test, "PrivateTest")?;
     if !opts.quiet {
         println!(
