@@ -6,7 +6,6 @@ use std::time::Instant;
 use tch::nn::ModuleT;
 use tch::{Device, Kind, Tensor};
 
-use crate::config::Config;
 use crate::optim::Optimizer;
 use crate::train::Trained;
 
@@ -16,6 +15,9 @@ pub struct BenchArgs {
     pub batch: usize,
     pub steps: usize,
     pub warmup: usize,
+    /// For `epoch`: batches timed after warm-up, and the data.
+    pub batches: usize,
+    pub data: std::path::PathBuf,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -26,7 +28,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// Runs one measurement and returns its JSON line.
 pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
     tch::manual_seed(0);
-    let mut config = Config::for_network(&args.model);
+    let (mut config, _) = crate::flops::resolve(&args.model)?;
     config.train.optimizer = crate::config::OptimizerKind::Adamw;
     let model = Trained::new(&config, Device::Cpu)?;
     let b = args.batch as i64;
@@ -63,7 +65,44 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
             let med = median(times);
             json!({"median_batch_s": med, "img_per_s": b as f64 / med})
         }
-        other => anyhow::bail!("unknown bench mode `{other}` (step, infer)"),
+        "epoch" => {
+            // fer's own pipeline: faces from the cache, RandomCrop(48, padding 4) and flip on
+            // the worker thread, AdamW steps; timed like torch_reference.py's `epoch`.
+            let data = crate::data::load(&args.data)?;
+            let faces = std::sync::Arc::new(data.split(crate::data::Split::Training));
+            let n = faces.len();
+            let mut order: Vec<i64> = (0..n as i64).collect();
+            fastrand::Rng::with_seed(0).shuffle(&mut order);
+            let aug = crate::augment::AugmentConfig { crop_padding: 4, hflip: true, ..Default::default() };
+            let rx = crate::augment::epoch_batches(faces, order, args.batch, 48, aug, 0, 1);
+            let mut opt = Optimizer::new(&model.vs, &config.train);
+            let (mut images, mut started) = (0usize, None);
+            for (i, batch) in rx.iter().enumerate().take(args.warmup + args.batches) {
+                if i == args.warmup {
+                    started = Some(Instant::now());
+                }
+                let len = batch.len() as i64;
+                let xb = Tensor::from_slice(&batch.images).reshape([len, 1, 48, 48]);
+                let yb = Tensor::from_slice(&batch.labels);
+                opt.zero_grad();
+                let loss = model.net.forward_t(&xb, true).cross_entropy_for_logits(&yb);
+                loss.backward();
+                opt.step();
+                let _ = loss.double_value(&[]);
+                if i >= args.warmup {
+                    images += len as usize;
+                }
+            }
+            let seconds = started.map_or(0.0, |t| t.elapsed().as_secs_f64());
+            anyhow::ensure!(images > 0, "no batches were timed: lower --warmup or --batches");
+            json!({"images": images, "seconds": seconds, "img_per_s": images as f64 / seconds,
+                   "epoch_s_estimate": n as f64 / (images as f64 / seconds)})
+        }
+        "flops" => {
+            let r = crate::flops::count(&config.layers()?)?;
+            json!({"fvcore_flops": r.fvcore_total, "params": r.params})
+        }
+        other => anyhow::bail!("unknown bench mode `{other}` (step, infer, epoch, flops)"),
     };
     let mut line = json!({
         "engine": "fer-tch-0.24-libtorch-2.11",

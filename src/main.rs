@@ -125,7 +125,7 @@ enum Command {
     },
     /// Time training steps or inference like ../shared/bench/torch_reference.py (JSON line).
     Bench {
-        /// step, infer
+        /// step, infer, epoch, flops
         mode: String,
         #[arg(long, default_value = "mobile")]
         model: String,
@@ -135,6 +135,9 @@ enum Command {
         steps: usize,
         #[arg(long, default_value_t = 3)]
         warmup: usize,
+        /// `epoch`: batches timed after warm-up.
+        #[arg(long, default_value_t = 40)]
+        batches: usize,
     },
     /// FLOPs per layer as fvcore counts them, parameters, and the efficiency of a run.
     Flops {
@@ -299,8 +302,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 dir.display()
             );
         }
-        Command::Bench { mode, model, batch, steps, warmup } => {
-            let args = fer::bench::BenchArgs { mode, model, batch, steps, warmup };
+        Command::Bench { mode, model, batch, steps, warmup, batches } => {
+            let args = fer::bench::BenchArgs { mode, model, batch, steps, warmup, batches, data: cli.data.clone() };
             println!("{}", fer::bench::run(&args)?);
         }
         Command::Flops { model, json } => fer::flops::print(&model, json)?,

@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""Side-by-side speed: `fer bench` against ../shared/bench/torch_reference.py, alternately
+(fer, PyTorch, fer, PyTorch, ...), on the same machine in the same run. Prints the median
+images/s of each and the median of the per-round ratios fer/PyTorch, as a Markdown table,
+and writes every JSON line to --out.
+
+PyTorch is the same torch==2.11.0 wheel that provides fer's libtorch (.deps/py); its small
+pure-Python dependencies and torchvision 0.26.0 (for `epoch`) are installed on first use
+into .deps/bench.
+
+    python3 scripts/bench_vs_torch.py --rounds 3 --models mobile vgg baseline --modes step infer epoch
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TORCH = ROOT / ".deps" / "py"
+EXTRA = ROOT / ".deps" / "bench"
+REFERENCE = ROOT.parent / "shared" / "bench" / "torch_reference.py"
+SMALL_DEPS = ["typing-extensions", "sympy", "mpmath", "networkx", "jinja2", "markupsafe", "fsspec", "filelock",
+              "numpy", "pillow"]
+
+
+def python_env():
+    if not (EXTRA / "torchvision").is_dir():
+        print("installing PyTorch's small dependencies and torchvision into .deps/bench ...", file=sys.stderr)
+        pip = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--target", str(EXTRA)]
+        subprocess.run(pip + SMALL_DEPS, check=True)
+        subprocess.run(pip + ["--no-deps", "torchvision==0.26.0"], check=True)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = f"{TORCH}:{EXTRA}"
+    return env
+
+
+def run_json(cmd, env=None):
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env, cwd=ROOT)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--models", nargs="+", default=["mobile", "vgg", "baseline"])
+    p.add_argument("--modes", nargs="+", default=["step", "infer", "epoch"])
+    p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "fer2013"))
+    p.add_argument("--out", default=str(ROOT / "runs" / "bench_vs_torch.jsonl"))
+    args = p.parse_args()
+
+    subprocess.run(["bash", "-c", "source scripts/env.sh && cargo build --release --quiet"], check=True, cwd=ROOT)
+    env = python_env()
+    fer = str(ROOT / "target" / "release" / "fer")
+    # Same work on both sides: batch 128 for training, 256 for inference, 2 threads.
+    settings = {"step": ["--batch", "128", "--steps", "10", "--warmup", "2"],
+                "infer": ["--batch", "256", "--steps", "10", "--warmup", "2"],
+                "epoch": ["--batch", "128", "--batches", "30", "--warmup", "3"]}
+    lines, rows = [], []
+    for model in args.models:
+        for mode in args.modes:
+            extra = settings[mode] + ["--model", model]
+            fers, torches, ratios = [], [], []
+            for _ in range(args.rounds):
+                a = run_json([fer, "--threads", "2", "--data", args.data, "bench", mode] + extra)
+                b = run_json([sys.executable, str(REFERENCE), mode, "--threads", "2", "--data", args.data] + extra, env)
+                lines += [a, b]
+                fers.append(a["img_per_s"])
+                torches.append(b["img_per_s"])
+                ratios.append(a["img_per_s"] / b["img_per_s"])
+            row = (model, mode, statistics.median(torches), statistics.median(fers), statistics.median(ratios))
+            rows.append(row)
+            print(f"{model:9} {mode:6} PyTorch {row[2]:8.1f} img/s  fer {row[3]:8.1f} img/s  ratio {row[4]:.2f}", file=sys.stderr)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text("".join(json.dumps(l) + "\n" for l in lines))
+    print("| model | mode | PyTorch img/s | fer img/s | fer / PyTorch |")
+    print("|---|---|---:|---:|---:|")
+    for model, mode, t, f, r in rows:
+        print(f"| {model} | {mode} | {t:.1f} | {f:.1f} | {r:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

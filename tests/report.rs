@@ -1,0 +1,57 @@
+mod common;
+
+use common::{synthetic, tiny_config};
+use fer::ablate::{AblationFile, Method, Mode};
+use fer::train::{train, TrainOptions};
+use std::collections::BTreeMap;
+
+#[test]
+fn ablation_then_report_from_run_records() {
+    tch::set_num_threads(1);
+    let data = synthetic([140, 35, 35], 41);
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    let opts = TrainOptions { runs_dir: runs.clone(), quiet: true, ..Default::default() };
+    let baseline = train(&tiny_config("base", 1), &data, &opts).unwrap();
+
+    let method = |name: &str, key: &str, value: toml::Value| Method { name: name.into(), set: BTreeMap::from([(key.to_string(), value)]) };
+    let ablation = AblationFile {
+        name: "abl".into(),
+        base: "unused.toml".into(),
+        mode: Mode::Cumulative,
+        methods: vec![
+            method("smoothing", "train.label_smoothing", toml::Value::Float(0.1)),
+            method("flip", "augment.hflip", toml::Value::Boolean(true)),
+        ],
+    };
+    let out = dir.path().join("results/abl");
+    let table = fer::ablate::run(&ablation, &tiny_config("abl-base", 2), &data, &runs, &out).unwrap();
+    assert_eq!(table.lines().filter(|l| l.starts_with("| 0")).count(), 3, "{table}");
+    assert!(table.contains("| 02-smoothing+flip | Y | Y |"), "{table}");
+    let csv = std::fs::read_to_string(out.join("ablation.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 4);
+    // A second call finds every row finished and trains nothing: same table.
+    let again = fer::ablate::run(&ablation, &tiny_config("abl-base", 2), &data, &runs, &out).unwrap();
+    assert_eq!(table, again);
+
+    let inputs = fer::report::ReportInputs {
+        baseline: runs.join("base"),
+        runs: vec![],
+        ablation: Some(out.clone()),
+        data_stats: None,
+        figures: vec![],
+        out: dir.path().join("report"),
+    };
+    let md_path = fer::report::write(&inputs).unwrap();
+    let md = std::fs::read_to_string(&md_path).unwrap();
+    for section in ["## 1. The task", "## 2. What was changed", "## 3. Cost and efficiency", "## 4. Limitations and conclusions"] {
+        assert!(md.contains(section), "missing {section}");
+    }
+    // Numbers come from the records: the baseline's PrivateTest accuracy and its efficiency sum.
+    assert!(md.contains(&format!("{:.2}%", 100.0 * baseline.test_acc)));
+    assert!(md.contains(&format!("= **{:.1}**", baseline.efficiency)));
+    assert!(md.contains("| 01-smoothing | Y | N |"));
+    let html = std::fs::read_to_string(dir.path().join("report/report.html")).unwrap();
+    assert!(html.contains("<table>") && html.contains("data:image/png;base64,"));
+    assert!(!html.contains("src=\"pareto.png\""), "images are inlined");
+}
