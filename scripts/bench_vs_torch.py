@@ -4,37 +4,34 @@
 images/s of each and the median of the per-round ratios fer/PyTorch, as a Markdown table,
 and writes every JSON line to --out.
 
-PyTorch is the same torch==2.11.0 wheel that provides fer's libtorch (.deps/py); its small
-pure-Python dependencies and torchvision 0.26.0 (for `epoch`) are installed on first use
-into .deps/bench.
+PyTorch is the same torch==2.11.0 wheel that provides fer's libtorch, with torchvision 0.26.0
+for `epoch`, installed on first use into the virtual environment .deps/torch-ref. Python's
+`import torch` loads libtorch_cuda and so needs the whole CUDA stack from PyPI (about 4.7 GB on
+disk), which fer itself does not: fer links only libtorch_cpu.
 
     python3 scripts/bench_vs_torch.py --rounds 3 --models mobile vgg baseline --modes step infer epoch
 """
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TORCH = ROOT / ".deps" / "py"
-EXTRA = ROOT / ".deps" / "bench"
+VENV = ROOT / ".deps" / "torch-ref"
 REFERENCE = ROOT.parent / "shared" / "bench" / "torch_reference.py"
-SMALL_DEPS = ["typing-extensions", "sympy", "mpmath", "networkx", "jinja2", "markupsafe", "fsspec", "filelock",
-              "numpy", "pillow"]
 
 
 def python_env():
-    if not (EXTRA / "torchvision").is_dir():
-        print("installing PyTorch's small dependencies and torchvision into .deps/bench ...", file=sys.stderr)
-        pip = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--target", str(EXTRA)]
-        subprocess.run(pip + SMALL_DEPS, check=True)
-        subprocess.run(pip + ["--no-deps", "torchvision==0.26.0"], check=True)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = f"{TORCH}:{EXTRA}"
-    return env
+    """The reference Python: a venv with torch==2.11.0 and torchvision==0.26.0."""
+    python = VENV / "bin" / "python"
+    if not python.exists():
+        print("installing torch==2.11.0 and torchvision==0.26.0 into .deps/torch-ref ...", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                        "torch==2.11.0", "torchvision==0.26.0"], check=True)
+    return str(python)
 
 
 def run_json(cmd, env=None):
@@ -52,7 +49,7 @@ def main():
     args = p.parse_args()
 
     subprocess.run(["bash", "-c", "source scripts/env.sh && cargo build --release --quiet"], check=True, cwd=ROOT)
-    env = python_env()
+    python = python_env()
     fer = str(ROOT / "target" / "release" / "fer")
     # Same work on both sides: batch 128 for training, 256 for inference, 2 threads.
     settings = {"step": ["--batch", "128", "--steps", "10", "--warmup", "2"],
@@ -65,7 +62,7 @@ def main():
             fers, torches, ratios = [], [], []
             for _ in range(args.rounds):
                 a = run_json([fer, "--threads", "2", "--data", args.data, "bench", mode] + extra)
-                b = run_json([sys.executable, str(REFERENCE), mode, "--threads", "2", "--data", args.data] + extra, env)
+                b = run_json([python, str(REFERENCE), mode, "--threads", "2", "--data", args.data] + extra)
                 lines += [a, b]
                 fers.append(a["img_per_s"])
                 torches.append(b["img_per_s"])

@@ -92,6 +92,9 @@ pub struct TrainConfig {
     pub input_size: usize,
     /// Extra test-time views, scored separately from the single pass.
     pub tta: Tta,
+    /// Gaussian blur (sigma in pixels) applied to every face at evaluation and prediction
+    /// (0 = none): matches sharp test faces to blurred training faces (see `fer data stats`).
+    pub eval_blur: f64,
 }
 
 impl Default for TrainConfig {
@@ -114,6 +117,7 @@ impl Default for TrainConfig {
             grad_clip: 0.0,
             input_size: 48,
             tta: Tta::None,
+            eval_blur: 0.0,
         }
     }
 }

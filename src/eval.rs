@@ -22,10 +22,31 @@ fn views(side: i64, tta: Tta) -> Vec<(i64, i64, bool)> {
     }
 }
 
+/// The 1-D Gaussian kernel of `sigma`, radius 3 sigma, summing to one.
+pub fn gaussian_kernel(sigma: f64) -> Vec<f32> {
+    let r = (3.0 * sigma).ceil() as i64;
+    let g: Vec<f64> = (-r..=r).map(|d| (-((d * d) as f64) / (2.0 * sigma * sigma)).exp()).collect();
+    let total: f64 = g.iter().sum();
+    g.iter().map(|v| (v / total) as f32).collect()
+}
+
+/// A separable Gaussian blur of `[N, 1, H, W]` images, edges replicated (shape kept).
+pub fn blur(x: &Tensor, sigma: f64) -> Tensor {
+    if sigma <= 0.0 {
+        return x.shallow_clone();
+    }
+    let g = Tensor::from_slice(&gaussian_kernel(sigma)).to_device(x.device());
+    let k = g.size()[0];
+    let r = k / 2;
+    let padded = x.pad([r, r, r, r], "replicate", None::<f64>);
+    let rows = padded.conv2d(&g.reshape([1, 1, 1, k]), None::<Tensor>, [1, 1], [0, 0], [1, 1], 1);
+    rows.conv2d(&g.reshape([1, 1, k, 1]), None::<Tensor>, [1, 1], [0, 0], [1, 1], 1)
+}
+
 /// Class scores for every face, `[N, 7]` on the CPU, in eval mode without gradients.
 /// A single view gives the network's logits; several views give the log of their mean
 /// softmax, so accuracy and cross-entropy read the same way.
-pub fn logits(net: &dyn ModuleT, faces: &Faces, batch_size: usize, device: Device, side: usize, tta: Tta) -> Tensor {
+pub fn logits(net: &dyn ModuleT, faces: &Faces, batch_size: usize, device: Device, side: usize, tta: Tta, blur_sigma: f64) -> Tensor {
     let (x, _) = faces.tensors();
     let n = faces.len() as i64;
     let side = side as i64;
@@ -35,7 +56,7 @@ pub fn logits(net: &dyn ModuleT, faces: &Faces, batch_size: usize, device: Devic
         let mut start = 0;
         while start < n {
             let len = (batch_size as i64).min(n - start);
-            let xb = normalize(&x.narrow(0, start, len).to_device(device));
+            let xb = blur(&normalize(&x.narrow(0, start, len).to_device(device)), blur_sigma);
             let mut probs: Option<Tensor> = None;
             for &(oy, ox, flip) in &views {
                 let mut v = xb.narrow(2, oy, side).narrow(3, ox, side);
@@ -155,6 +176,21 @@ impl Evaluation {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blur_keeps_shape_and_constants_and_smooths_edges() {
+        let k = gaussian_kernel(1.5);
+        assert_eq!(k.len(), 11);
+        assert!((k.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        let flat = Tensor::full([2, 1, 48, 48], 0.3, (Kind::Float, Device::Cpu));
+        let b = blur(&flat, 2.0);
+        assert_eq!(b.size(), [2, 1, 48, 48]);
+        assert!((b - 0.3).abs().max().double_value(&[]) < 1e-5);
+        let edge = Tensor::cat(&[Tensor::zeros([1, 1, 48, 24], (Kind::Float, Device::Cpu)), Tensor::ones([1, 1, 48, 24], (Kind::Float, Device::Cpu))], 3);
+        let e = blur(&edge, 2.0);
+        let (left, right) = (e.double_value(&[0, 0, 10, 23]), e.double_value(&[0, 0, 10, 24]));
+        assert!(left > 0.05 && left < 0.5 && right > 0.5 && right < 0.95, "{left} {right}");
+    }
 
     #[test]
     fn scores_known_logits() {

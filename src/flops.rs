@@ -131,6 +131,29 @@ pub fn efficiency(accuracy_percent: f64, fvcore_flops: i64) -> f64 {
     accuracy_percent / (fvcore_flops as f64 / 1e9)
 }
 
+/// The whole forward pass a config evaluates: its network, plus the evaluation blur, which
+/// runs as two 1-D convolutions over the 48x48 face (counted as fvcore counts convolutions).
+pub fn count_config(config: &crate::config::Config) -> anyhow::Result<FlopReport> {
+    let mut report = count_at(&config.layers()?, config.train.input_size as i64)?;
+    if config.train.eval_blur > 0.0 {
+        let k = crate::eval::gaussian_kernel(config.train.eval_blur).len() as i64;
+        let side = crate::data::SIDE as i64;
+        let flops = 2 * side * side * k;
+        report.layers.insert(0, LayerFlops {
+            index: 0,
+            kind: format!("gaussian_blur(sigma={}, {k} taps, separable)", config.train.eval_blur),
+            input: format!("1x{side}x{side}"),
+            output: format!("1x{side}x{side}"),
+            fvcore: flops,
+            all_ops: flops,
+            params: 0,
+        });
+        report.fvcore_total += flops;
+        report.all_ops_total += flops;
+    }
+    Ok(report)
+}
+
 /// Resolves a network name, a config file, or a run / model folder to its config.
 pub fn resolve(model: &str) -> anyhow::Result<(crate::config::Config, Option<std::path::PathBuf>)> {
     let path = std::path::Path::new(model);
@@ -148,7 +171,7 @@ pub fn resolve(model: &str) -> anyhow::Result<(crate::config::Config, Option<std
 /// `fer flops`: the per-layer table (or JSON), totals, and a finished run's efficiency.
 pub fn print(model: &str, json: bool) -> anyhow::Result<()> {
     let (config, dir) = resolve(model)?;
-    let report = count_at(&config.layers()?, config.train.input_size as i64)?;
+    let report = count_config(&config)?;
     let summary: Option<crate::train::Summary> = dir
         .and_then(|d| std::fs::read(d.join("summary.json")).ok())
         .and_then(|b| serde_json::from_slice(&b).ok());
@@ -253,6 +276,13 @@ mod tests {
         assert_eq!(r.layers[1].params, 16 * 4 + 4 + 4 * 16 + 16);
         let r = count(&net(vec![Layer::Cbam { reduction: 4, kernel: 7 }])).unwrap();
         assert_eq!(r.layers[1].fvcore, 16 * 48 * 48 + 2 * (16 * 4 + 4 * 16) + 48 * 48 * 2 * 49);
+    }
+
+    #[test]
+    fn evaluation_blur_is_counted_as_two_one_dimensional_convolutions() {
+        let mut c = crate::config::Config::for_network("mobile");
+        c.train.eval_blur = 1.0; // radius 3: 7 taps
+        assert_eq!(count_config(&c).unwrap().fvcore_total, 3_726_464 + 2 * 48 * 48 * 7);
     }
 
     #[test]

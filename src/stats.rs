@@ -27,6 +27,26 @@ pub struct DataStats {
     /// Duplicate groups whose copies carry different labels (label noise).
     pub conflicting_label_groups: usize,
     pub near_constant: Vec<String>,
+    /// Mean absolute difference of horizontally adjacent pixels, per split: a sharpness
+    /// measure. Splits far apart mean the faces were processed differently (e.g. blurred).
+    pub sharpness: BTreeMap<String, f64>,
+}
+
+/// Mean |p(x+1, y) - p(x, y)| over the faces of each split.
+pub fn sharpness(data: &Dataset) -> BTreeMap<String, f64> {
+    let mut sum = [0f64; 3];
+    let mut n = [0usize; 3];
+    for i in 0..data.len() {
+        let img = data.image(i);
+        let mut d = 0u64;
+        for row in img.chunks(crate::data::SIDE) {
+            d += row.windows(2).map(|w| w[0].abs_diff(w[1]) as u64).sum::<u64>();
+        }
+        let s = data.splits[i] as usize;
+        sum[s] += d as f64 / (crate::data::SIDE * (crate::data::SIDE - 1)) as f64;
+        n[s] += 1;
+    }
+    Split::ALL.iter().map(|s| (s.name().to_string(), sum[*s as usize] / n[*s as usize].max(1) as f64)).collect()
 }
 
 pub fn analyse(data: &Dataset) -> DataStats {
@@ -67,6 +87,7 @@ pub fn analyse(data: &Dataset) -> DataStats {
             .into_iter()
             .map(|(i, std)| format!("{} ({}, std {std:.2})", data.sources[i], data.splits[i]))
             .collect(),
+        sharpness: sharpness(data),
     }
 }
 
@@ -109,6 +130,13 @@ impl DataStats {
             self.conflicting_label_groups
         );
         s += &format!("Blank or near-constant faces (pixel std < {NEAR_CONSTANT_STD}): {}\n", self.near_constant.len());
+        let sharp: Vec<String> = self.sharpness.iter().map(|(k, v)| format!("{k} {v:.2}")).collect();
+        s += &format!("Sharpness (mean |horizontal pixel difference|): {}\n", sharp.join(", "));
+        let values: Vec<f64> = self.sharpness.values().copied().filter(|v| *v > 0.0).collect();
+        let (lo, hi) = values.iter().fold((f64::MAX, 0f64), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+        if !values.is_empty() && hi > 1.5 * lo {
+            s += &format!("WARNING: the splits differ in sharpness by {:.1}x: some were blurred or re-encoded differently. A model trained on one will see a shifted distribution on the other (see `eval_blur` in the config).\n", hi / lo);
+        }
         s
     }
 }

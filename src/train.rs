@@ -148,7 +148,7 @@ impl Trained {
 
     pub fn logits_with(&self, faces: &Faces, tta: Tta) -> Tensor {
         let t = &self.config.train;
-        logits(&self.net, faces, t.eval_batch_size, self.vs.device(), t.input_size, tta)
+        logits(&self.net, faces, t.eval_batch_size, self.vs.device(), t.input_size, tta, t.eval_blur)
     }
 
     pub fn evaluate(&self, faces: &Faces) -> Evaluation {
@@ -374,7 +374,7 @@ fn finish(config: &Config, data: &Dataset, dir: &Path, state: &RunState, opts: &
     let test_faces = data.split(Split::PrivateTest);
     let test = model.evaluate(&test_faces);
     let best = &state.history[state.best_epoch - 1];
-    let flops = crate::flops::count_at(&config.layers()?, config.train.input_size as i64)?;
+    let flops = crate::flops::count_config(config)?;
     let tta = config.train.tta;
     let tta = (tta != Tta::None).then(|| {
         let views = tta.views();

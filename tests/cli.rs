@@ -93,6 +93,23 @@ fn stats_export_train_eval_predict_end_to_end() {
 }
 
 #[test]
+fn pipeline_runs_the_main_job_and_resumes_a_finished_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("fer2013.csv"), csv_text(&synthetic([140, 35, 35], 22))).unwrap();
+    std::fs::write(d.join("tiny.toml"), tiny_config("tiny", 2).to_toml()).unwrap();
+    let out = stdout(&fer(d, &["--data", "fer2013.csv", "pipeline", "--config", "tiny.toml"]));
+    for part in ["== data", "== train tiny", "== PrivateTest evaluation", "== FLOPs", "efficiency"] {
+        assert!(out.contains(part), "missing {part}: {out}");
+    }
+    assert!(d.join("runs/tiny/predictions.png").is_file() && d.join("runs/data/stats.json").is_file());
+    // Again: the finished run is picked up, not retrained, and PrivateTest is not rescored.
+    let summary = std::fs::read(d.join("runs/tiny/summary.json")).unwrap();
+    stdout(&fer(d, &["--data", "fer2013.csv", "pipeline", "--config", "tiny.toml"]));
+    assert_eq!(std::fs::read(d.join("runs/tiny/summary.json")).unwrap(), summary);
+}
+
+#[test]
 fn bench_emits_the_fields_the_comparison_needs() {
     let dir = tempfile::tempdir().unwrap();
     for mode in ["step", "infer"] {

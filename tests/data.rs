@@ -203,3 +203,25 @@ fn real_data_csv_and_folder_readers_agree() {
     assert_eq!(csv.labels, folder.labels);
     assert_eq!(csv.splits, folder.splits);
 }
+
+#[test]
+fn stats_flag_splits_of_different_sharpness() {
+    let mut d = synthetic([14, 14, 0], 9);
+    let sharp = fer::stats::analyse(&d);
+    assert!(!sharp.text().contains("WARNING"), "{}", sharp.text());
+    // Blur the Training faces (3x3 box), as the shared release's Training split is blurred.
+    for i in 0..d.len() {
+        if d.splits[i] == Split::Training {
+            let img = d.image(i).to_vec();
+            for y in 1..47 {
+                for x in 1..47 {
+                    let s: u32 = (0..9).map(|k| img[(y + k / 3 - 1) * 48 + x + k % 3 - 1] as u32).sum();
+                    d.pixels[i * PIXELS + y * 48 + x] = (s / 9) as u8;
+                }
+            }
+        }
+    }
+    let s = fer::stats::analyse(&d);
+    assert!(s.sharpness["Training"] * 1.5 < s.sharpness["PublicTest"], "{:?}", s.sharpness);
+    assert!(s.text().contains("WARNING: the splits differ in sharpness"));
+}
