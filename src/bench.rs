@@ -25,6 +25,15 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// One training step as torch_reference.py times it: forward, cross-entropy, backward, step.
+fn train_step(model: &Trained, opt: &mut Optimizer, x: &Tensor, y: &Tensor) {
+    opt.zero_grad();
+    let loss = model.net.forward_t(x, true).cross_entropy_for_logits(y);
+    loss.backward();
+    opt.step();
+    let _ = loss.double_value(&[]);
+}
+
 /// Runs one measurement and returns its JSON line.
 pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
     tch::manual_seed(0);
@@ -40,11 +49,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
             let mut opt = Optimizer::new(&model.vs, &config.train);
             for i in 0..args.warmup + args.steps {
                 let t = Instant::now();
-                opt.zero_grad();
-                let loss = model.net.forward_t(&x, true).cross_entropy_for_logits(&y);
-                loss.backward();
-                opt.step();
-                let _ = loss.double_value(&[]);
+                train_step(&model, &mut opt, &x, &y);
                 if i >= args.warmup {
                     times.push(t.elapsed().as_secs_f64());
                 }
@@ -84,11 +89,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
                 let len = batch.len() as i64;
                 let xb = Tensor::from_slice(&batch.images).reshape([len, 1, 48, 48]);
                 let yb = Tensor::from_slice(&batch.labels);
-                opt.zero_grad();
-                let loss = model.net.forward_t(&xb, true).cross_entropy_for_logits(&yb);
-                loss.backward();
-                opt.step();
-                let _ = loss.double_value(&[]);
+                train_step(&model, &mut opt, &xb, &yb);
                 if i >= args.warmup {
                     images += len as usize;
                 }
