@@ -54,8 +54,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
                     times.push(t.elapsed().as_secs_f64());
                 }
             }
-            let med = median(times);
-            json!({"median_step_s": med, "img_per_s": b as f64 / med})
+            let med = median(std::mem::take(&mut times));
+            // Training does about 3x the forward pass's work; 2 flops per multiply-add.
+            let flops = crate::flops::count_config(&config)?.fvcore_total as f64;
+            json!({"median_step_s": med, "img_per_s": b as f64 / med,
+                   "train_gflop_per_s": 3.0 * flops * 2.0 * b as f64 / med / 1e9})
         }
         "infer" => {
             tch::no_grad(|| {
@@ -67,7 +70,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
                     }
                 }
             });
-            let med = median(times);
+            let med = median(std::mem::take(&mut times));
             json!({"median_batch_s": med, "img_per_s": b as f64 / med})
         }
         "epoch" => {
@@ -99,11 +102,54 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
             json!({"images": images, "seconds": seconds, "img_per_s": images as f64 / seconds,
                    "epoch_s_estimate": n as f64 / (images as f64 / seconds)})
         }
+        "data" => {
+            // The data path: decoding the image folder (no cache), writing and parsing a
+            // full-size Kaggle CSV, and loading everything from the cache.
+            let source = crate::data::Source::detect(&args.data)?;
+            let t = Instant::now();
+            let data = match &source {
+                crate::data::Source::Folder(p) => crate::data::read_folder(p)?,
+                crate::data::Source::Csv(p) => crate::data::read_csv(p)?,
+            };
+            let decode_s = t.elapsed().as_secs_f64();
+            let tmp = tempfile::tempdir()?;
+            let csv = tmp.path().join("fer2013.csv");
+            let mut bytes = Vec::new();
+            crate::data::write_csv(&data, &mut bytes)?;
+            std::fs::write(&csv, &bytes)?;
+            let t = Instant::now();
+            let parsed = crate::data::read_csv(&csv)?;
+            let csv_s = t.elapsed().as_secs_f64();
+            anyhow::ensure!(parsed.pixels == data.pixels, "CSV round trip differs");
+            let cache = tmp.path().join("cache");
+            crate::data::load_with_cache(&args.data, &cache)?;
+            let t = Instant::now();
+            let cached = crate::data::load_with_cache(&args.data, &cache)?;
+            let cache_s = t.elapsed().as_secs_f64();
+            json!({"faces": cached.len(), "source_decode_s": decode_s, "csv_bytes": bytes.len(),
+                   "csv_parse_s": csv_s, "cache_load_s": cache_s})
+        }
+        "matmul" => {
+            // The machine's matrix-multiply peak (2 flops per multiply-add), for comparison with
+            // training throughput.
+            let n = 1024i64;
+            let a = Tensor::rand([n, n], (Kind::Float, Device::Cpu));
+            let m = Tensor::rand([n, n], (Kind::Float, Device::Cpu));
+            for i in 0..args.warmup + args.steps {
+                let t = Instant::now();
+                let _ = a.matmul(&m);
+                if i >= args.warmup {
+                    times.push(t.elapsed().as_secs_f64());
+                }
+            }
+            let med = median(std::mem::take(&mut times));
+            json!({"n": n, "median_s": med, "gflop_per_s": 2.0 * (n * n * n) as f64 / med / 1e9})
+        }
         "flops" => {
             let r = crate::flops::count(&config.layers()?)?;
             json!({"fvcore_flops": r.fvcore_total, "params": r.params})
         }
-        other => anyhow::bail!("unknown bench mode `{other}` (step, infer, epoch, flops)"),
+        other => anyhow::bail!("unknown bench mode `{other}` (step, infer, epoch, data, matmul, flops)"),
     };
     let mut line = json!({
         "engine": "fer-tch-0.24-libtorch-2.11",

@@ -125,7 +125,7 @@ enum Command {
     },
     /// Time training steps or inference like ../shared/bench/torch_reference.py (JSON line).
     Bench {
-        /// step, infer, epoch, flops
+        /// step, infer, epoch (the real images), data (decode, CSV, cache timings), matmul (peak), flops
         mode: String,
         #[arg(long, default_value = "mobile")]
         model: String,
