@@ -167,8 +167,6 @@ pub enum Shape {
 }
 
 impl Shape {
-    pub const INPUT: Shape = Shape::Map { c: 1, h: SIDE as i64, w: SIDE as i64 };
-
     /// A one-channel square input of `side` pixels.
     pub fn input(side: i64) -> Shape {
         Shape::Map { c: 1, h: side, w: side }

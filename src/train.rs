@@ -168,10 +168,6 @@ fn save_atomic(path: &Path, write: impl FnOnce(&Path) -> anyhow::Result<()>) -> 
     Ok(())
 }
 
-pub fn run_dir(opts: &TrainOptions, config: &Config) -> PathBuf {
-    opts.runs_dir.join(&config.name)
-}
-
 /// A per-epoch seed, so a resumed epoch shuffles exactly as an uninterrupted one would.
 fn epoch_seed(seed: u64, epoch: usize) -> u64 {
     seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(epoch as u64 + 1)
@@ -179,7 +175,7 @@ fn epoch_seed(seed: u64, epoch: usize) -> u64 {
 
 /// Trains `config` on `data` and returns the finished run's summary.
 pub fn train(config: &Config, data: &Dataset, opts: &TrainOptions) -> anyhow::Result<Summary> {
-    let dir = run_dir(opts, config);
+    let dir = opts.runs_dir.join(&config.name);
     let state_file = dir.join("last.json");
     if opts.fresh && dir.exists() {
         std::fs::remove_dir_all(&dir)?;
