@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use crate::data::{Faces, NUM_CLASSES, SIDE};
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// Every augmentation is off by default.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AugmentConfig {
     /// Random crop with this much zero padding on each side (torchvision's RandomCrop(48, p)).
@@ -31,29 +32,6 @@ pub struct AugmentConfig {
     pub mixup_alpha: f64,
     /// CutMix: paste a box from another face, labels blended by area, ratio ~ Beta(alpha, alpha).
     pub cutmix_alpha: f64,
-}
-
-impl Default for AugmentConfig {
-    fn default() -> Self {
-        AugmentConfig {
-            crop_padding: 0,
-            hflip: false,
-            rotate_degrees: 0.0,
-            scale: 0.0,
-            shift: 0.0,
-            brightness: 0.0,
-            contrast: 0.0,
-            erasing: 0.0,
-            mixup_alpha: 0.0,
-            cutmix_alpha: 0.0,
-        }
-    }
-}
-
-impl AugmentConfig {
-    pub fn is_geometric(&self) -> bool {
-        self.crop_padding > 0 || self.hflip || self.rotate_degrees > 0.0 || self.scale > 0.0 || self.shift > 0.0
-    }
 }
 
 /// One training batch: images scaled to [-1, 1] (`side` x `side`), labels and, when mixed,

@@ -66,6 +66,11 @@ mod tests {
         (l, Tensor::from_slice(&[0i64, 3]))
     }
 
+    /// Log-softmax of the logits, row-major.
+    fn log_probs(l: &Tensor) -> Vec<f32> {
+        Vec::try_from(l.log_softmax(-1, Kind::Float).flatten(0, -1)).unwrap()
+    }
+
     fn value(t: Tensor) -> f64 {
         t.double_value(&[])
     }
@@ -82,7 +87,7 @@ mod tests {
         let (l, y) = logits();
         let c = TrainConfig { label_smoothing: 0.1, ..cfg() };
         let got = value(Loss::new(&c, &[1; 7], Device::Cpu).hard(&l, &y));
-        let log_p: Vec<f32> = Vec::try_from(l.log_softmax(-1, Kind::Float).flatten(0, -1)).unwrap();
+        let log_p = log_probs(&l);
         let mut expect = 0.0;
         for (i, &label) in [0usize, 3].iter().enumerate() {
             let row = &log_p[i * 7..i * 7 + 7];
@@ -115,7 +120,7 @@ mod tests {
         let counts = [100, 100, 100, 10, 100, 100, 100];
         let c = TrainConfig { class_weighted: true, ..cfg() };
         let got = value(Loss::new(&c, &counts, Device::Cpu).hard(&l, &y));
-        let per: Vec<f32> = Vec::try_from(l.log_softmax(-1, Kind::Float).flatten(0, -1)).unwrap();
+        let per = log_probs(&l);
         let (w0, w3) = (610.0 / 700.0, 610.0 / 70.0);
         let expect = -(w0 * per[0] as f64 + w3 * per[7 + 3] as f64) / 2.0;
         assert!((got - expect).abs() < 1e-4, "{got} vs {expect}");

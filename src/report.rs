@@ -125,6 +125,8 @@ pub fn write(inputs: &ReportInputs) -> anyhow::Result<PathBuf> {
     for d in inputs.runs.iter().chain(&ablation_dirs) {
         others.push(load_run(d)?);
     }
+    // The ablation's rows are the tail of `others`, already loaded.
+    let ablation_runs = &others[inputs.runs.len()..];
     let all: Vec<&Run> = std::iter::once(&baseline).chain(&others).collect();
     // Model choice on PublicTest only.
     let best = all.iter().copied().max_by(|a, b| a.summary.val_acc.total_cmp(&b.summary.val_acc)).unwrap();
@@ -180,7 +182,7 @@ pub fn write(inputs: &ReportInputs) -> anyhow::Result<PathBuf> {
         writeln!(md, "Each row is a full training run of the same network family with the same seed, data and epochs; Y marks the methods turned on. (Source: `{}`.)\n", rel(ab, out))?;
         writeln!(md, "{table}")?;
         // What each method bought, row against the previous row (cumulative ablations).
-        let rows: Vec<Run> = ablation_dirs.iter().filter_map(|d| load_run(d).ok()).collect();
+        let rows = ablation_runs;
         let csv = std::fs::read_to_string(ab.join("ablation.csv")).unwrap_or_default();
         let methods: Vec<String> = csv.lines().next().unwrap_or("").split(',').skip(1).map(|h| h.trim_matches('"').to_string()).take_while(|h| !h.starts_with("PublicTest")).collect();
         if rows.len() == methods.len() + 1 {
