@@ -95,6 +95,14 @@ pub struct TrainConfig {
     /// Gaussian blur (sigma in pixels) applied to every face at evaluation and prediction
     /// (0 = none): matches sharp test faces to blurred training faces (see `fer data stats`).
     pub eval_blur: f64,
+    /// Knowledge distillation: a trained run or model folder whose softened outputs the
+    /// network also learns from (unset = no distillation).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub teacher: Option<String>,
+    /// Softmax temperature of the distillation term.
+    pub distill_temperature: f64,
+    /// Weight of the distillation term; the label loss gets 1 minus this.
+    pub distill_weight: f64,
 }
 
 impl Default for TrainConfig {
@@ -118,6 +126,9 @@ impl Default for TrainConfig {
             input_size: 48,
             tta: Tta::None,
             eval_blur: 0.0,
+            teacher: None,
+            distill_temperature: 4.0,
+            distill_weight: 0.5,
         }
     }
 }
@@ -132,6 +143,9 @@ impl Config {
         let config: Config = toml::from_str(text)?;
         config.layers()?;
         anyhow::ensure!(config.train.batch_size > 0 && config.train.eval_batch_size > 0, "batch sizes must be positive");
+        let t = &config.train;
+        anyhow::ensure!((0.0..=1.0).contains(&t.distill_weight), "distill_weight {} must be between 0 and 1", t.distill_weight);
+        anyhow::ensure!(t.distill_temperature > 0.0, "distill_temperature must be positive");
         Ok(config)
     }
 

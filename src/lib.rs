@@ -2,7 +2,8 @@
 //!
 //! `data` reads and caches the data set, `model` builds networks from layer lists, `train`
 //! runs the training loop, `eval` scores models, `flops` counts their cost as fvcore does,
-//! `plot` draws figures, `stats` analyses the data set and `predict` labels faces.
+//! `plot` draws figures, `stats` analyses the data set and `predict` labels faces, `export` ships a
+//! trained run as a model folder with its card.
 
 pub mod ablate;
 pub mod augment;
@@ -10,6 +11,7 @@ pub mod bench;
 pub mod config;
 pub mod data;
 pub mod eval;
+pub mod export;
 pub mod flops;
 pub mod loss;
 pub mod model;

@@ -43,6 +43,16 @@ impl Loss {
         per_class.sum_dim_intlist(-1, false, Kind::Float).mean(Kind::Float)
     }
 
+    /// Knowledge distillation (Hinton et al. 2015): KL(teacher || student) between the
+    /// outputs softened by `temperature`, scaled by its square so its gradients keep their
+    /// size as the temperature changes.
+    pub fn distill(student: &Tensor, teacher: &Tensor, temperature: f64) -> Tensor {
+        let log_s = (student / temperature).log_softmax(-1, Kind::Float);
+        let log_t = (teacher / temperature).log_softmax(-1, Kind::Float);
+        let kl = (log_t.exp() * (&log_t - log_s)).sum_dim_intlist(-1, false, Kind::Float);
+        kl.mean(Kind::Float) * (temperature * temperature)
+    }
+
     /// Mean loss against integer labels.
     pub fn hard(&self, logits: &Tensor, labels: &Tensor) -> Tensor {
         self.soft(logits, &one_hot(labels))
@@ -112,6 +122,19 @@ mod tests {
             / 2.0;
         assert!((got - expect).abs() < 1e-5, "{got} vs {expect}");
         assert!(got < value(l.cross_entropy_for_logits(&y)));
+    }
+
+    #[test]
+    fn distillation_is_zero_on_agreement_and_matches_pytorchs_kl_div() {
+        let (l, _) = logits();
+        assert!(value(Loss::distill(&l, &l, 4.0)).abs() < 1e-6);
+        let t = l.flip([0]);
+        let got = value(Loss::distill(&l, &t, 2.0));
+        let log_s = (&l / 2.0).log_softmax(-1, Kind::Float);
+        let log_t = (&t / 2.0).log_softmax(-1, Kind::Float);
+        // PyTorch's kl_div(input = log q, target = log p, log_target) sums p (log p - log q).
+        let expect = value(log_s.kl_div(&log_t, tch::Reduction::Sum, true)) / 2.0 * 4.0;
+        assert!(got > 0.0 && (got - expect).abs() < 1e-5, "{got} vs {expect}");
     }
 
     #[test]

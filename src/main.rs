@@ -48,6 +48,9 @@ enum Command {
         /// When done, copy the run's record (config, metrics, summary, plots; no weights) here.
         #[arg(long)]
         record: Option<PathBuf>,
+        /// Distil from this trained run or model folder (sets the config's train.teacher).
+        #[arg(long)]
+        teacher: Option<PathBuf>,
     },
     /// Write REPORT.md and a self-contained report.html from run records.
     Report {
@@ -98,6 +101,14 @@ enum Command {
         /// Print JSON instead of tables.
         #[arg(long)]
         json: bool,
+    },
+    /// Ship a finished run as a model folder: batch norm folded, weights, config, model card.
+    Export {
+        /// The finished run's folder (runs/<name>).
+        run: PathBuf,
+        /// The model folder to write (default models/<run name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Label image files, or draw a grid of random test faces with their predictions.
     Predict {
@@ -204,10 +215,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         tch::set_num_threads(n);
     }
     match cli.command {
-        Command::Train { config, resume, fresh, runs, epochs, device: dev, record } => {
+        Command::Train { config, resume, fresh, runs, epochs, device: dev, record, teacher } => {
             let mut cfg = Config::load(&config)?;
             if let Some(e) = epochs {
                 cfg.train.epochs = e;
+            }
+            if let Some(t) = teacher {
+                cfg.train.teacher = Some(t.display().to_string());
             }
             let data = fer::data::load(&cli.data)?;
             let opts = TrainOptions { runs_dir: runs.clone(), resume, fresh, device: device(&dev)?, ..Default::default() };
@@ -265,6 +279,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(png) = png {
                 fer::plot::confusion_matrix(&png, &eval, split.name())?;
             }
+        }
+        Command::Export { run, out } => {
+            let out = out.unwrap_or_else(|| PathBuf::from("models").join(run.file_name().unwrap_or_default()));
+            // With the data, export checks the folded model on PublicTest; without, it says so.
+            let data = fer::data::load(&cli.data).map_err(|e| eprintln!("no PublicTest check: {e:#}")).ok();
+            let card = fer::export::export(&run, &out, data.as_ref())?;
+            println!(
+                "{}: {} fvcore FLOPs after folding ({} before), PublicTest {:.2}%, PrivateTest {:.2}%, efficiency {:.1}; card in {}/card.md",
+                card.name,
+                card.fvcore_flops,
+                card.fvcore_flops_unfolded,
+                100.0 * card.val_acc,
+                100.0 * card.test_acc,
+                card.efficiency,
+                out.display()
+            );
         }
         Command::Predict { files, random, model, out, seed, json } => {
             let dir = model.map_or_else(fer::predict::default_model, Ok)?;

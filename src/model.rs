@@ -3,6 +3,7 @@
 //! (`0.weight`, `0.bias`, ...), with PyTorch's default initialisation.
 
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
@@ -234,6 +235,7 @@ pub fn output_shape(layer: &Layer, input: Shape) -> anyhow::Result<Shape> {
             anyhow::ensure!(c / reduction >= 1, "attention reduction {reduction} leaves no channels of {c}");
             s
         }
+        (Layer::BatchNorm, Flat(_)) => anyhow::bail!("batch_norm needs a feature map, not a flat input"),
         (Layer::BatchNorm | Layer::Relu | Layer::Dropout { .. } | Layer::LeakyRelu { .. } | Layer::Silu | Layer::Gelu, s) => s,
         (Layer::GlobalAvgPool, Map { c, .. }) => Flat(c),
         (Layer::Flatten, s) => Flat(s.elements()),
@@ -663,4 +665,114 @@ impl ModuleT for Net {
 /// Number of trainable parameters.
 pub fn param_count(vs: &nn::VarStore) -> i64 {
     vs.trainable_variables().iter().map(|t| t.numel() as i64).sum()
+}
+
+// ---------------------------------------------------------------------------------------
+// Deployment
+
+/// Batch-norm epsilon (tch's and PyTorch's default).
+const BN_EPS: f64 = 1e-5;
+
+/// Folds every batch norm that follows a convolution into that convolution, for a deployed
+/// model: in eval mode `bn(conv(x)) = conv'(x)` with the weights scaled per output channel and
+/// a bias added, so the folded network computes the same function with no batch-norm FLOPs.
+/// `vars` are the trained variables by name; returns the folded layers and their variables.
+/// Separable blocks are written out as their plain layers; residual shortcuts fold too.
+pub fn fold_batch_norm(layers: &[Layer], vars: &HashMap<String, Tensor>) -> anyhow::Result<(Vec<Layer>, Vec<(String, Tensor)>)> {
+    let mut folder = Folder { vars, out: Vec::new() };
+    let folded = folder.fold(layers, "", "")?;
+    Ok((folded, folder.out))
+}
+
+struct Folder<'a> {
+    vars: &'a HashMap<String, Tensor>,
+    out: Vec<(String, Tensor)>,
+}
+
+fn var_name(prefix: &str, part: impl std::fmt::Display) -> String {
+    if prefix.is_empty() {
+        part.to_string()
+    } else {
+        format!("{prefix}.{part}")
+    }
+}
+
+impl Folder<'_> {
+    fn var(&self, name: &str) -> anyhow::Result<&Tensor> {
+        self.vars.get(name).ok_or_else(|| anyhow::anyhow!("the weights lack {name}"))
+    }
+
+    /// Copies every variable under `old.` to `new.`.
+    fn copy(&mut self, old: &str, new: &str) {
+        let prefix = format!("{old}.");
+        for (name, t) in self.vars {
+            if let Some(rest) = name.strip_prefix(&prefix) {
+                self.out.push((format!("{new}.{rest}"), t.copy()));
+            }
+        }
+    }
+
+    /// Writes the convolution `conv` with the batch norm `bn` folded in, as `new`.
+    fn fold_conv(&mut self, conv: &str, bn: &str, new: &str) -> anyhow::Result<()> {
+        let w = self.var(&format!("{conv}.weight"))?;
+        let mean = self.var(&format!("{bn}.running_mean"))?;
+        let scale = self.var(&format!("{bn}.weight"))? / (self.var(&format!("{bn}.running_var"))? + BN_EPS).sqrt();
+        let bias = match self.vars.get(&format!("{conv}.bias")) {
+            Some(b) => b - mean,
+            None => -mean,
+        };
+        let folded_w = w * scale.reshape([-1, 1, 1, 1]);
+        let folded_b = bias * &scale + self.var(&format!("{bn}.bias"))?;
+        self.out.push((format!("{new}.weight"), folded_w.detach()));
+        self.out.push((format!("{new}.bias"), folded_b.detach()));
+        Ok(())
+    }
+
+    fn fold(&mut self, layers: &[Layer], old: &str, new: &str) -> anyhow::Result<Vec<Layer>> {
+        // (layer, its variables' old name), with separable blocks written out.
+        let mut items: Vec<(Layer, String)> = Vec::new();
+        for (i, layer) in layers.iter().enumerate() {
+            let name = var_name(old, i);
+            if let &Layer::Separable { out, kernel, stride } = layer {
+                let cin = self.var(&format!("{name}.0.weight"))?.size()[0];
+                for (k, sub) in separable(cin, out, kernel, stride).into_iter().enumerate() {
+                    items.push((sub, var_name(&name, k)));
+                }
+            } else {
+                items.push((layer.clone(), name));
+            }
+        }
+        let mut folded = Vec::with_capacity(items.len());
+        let mut k = 0;
+        while k < items.len() {
+            let (layer, old_name) = &items[k];
+            let new_name = var_name(new, folded.len());
+            let next_is_bn = matches!(items.get(k + 1), Some((Layer::BatchNorm, _)));
+            match layer {
+                &Layer::Conv { out, kernel, stride, padding, groups, .. } if next_is_bn => {
+                    self.fold_conv(old_name, &items[k + 1].1, &new_name)?;
+                    folded.push(Layer::Conv { out, kernel, stride, padding, groups, bias: true });
+                    k += 1;
+                }
+                Layer::Residual { body } => {
+                    let body = self.fold(body, &format!("{old_name}.body"), &format!("{new_name}.body"))?;
+                    let (old_sc, new_sc) = (format!("{old_name}.shortcut"), format!("{new_name}.shortcut"));
+                    let shortcut_bn = self.vars.contains_key(&format!("{old_sc}.1.running_mean"));
+                    // The shortcut keeps a batch norm exactly when its body does (see `shortcut`).
+                    if shortcut_bn && !body.contains(&Layer::BatchNorm) {
+                        self.fold_conv(&format!("{old_sc}.0"), &format!("{old_sc}.1"), &format!("{new_sc}.0"))?;
+                    } else {
+                        self.copy(&old_sc, &new_sc);
+                    }
+                    folded.push(Layer::Residual { body });
+                }
+                _ => {
+                    self.copy(old_name, &new_name);
+                    folded.push(layer.clone());
+                }
+            }
+            k += 1;
+        }
+        Ok(folded)
+    }
 }

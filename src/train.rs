@@ -213,6 +213,7 @@ pub fn train(config: &Config, data: &Dataset, opts: &TrainOptions) -> anyhow::Re
     let lines: String = state.history.iter().map(|m| serde_json::to_string(m).unwrap() + "\n").collect();
     write_atomic(&metrics_path, lines.as_bytes())?;
 
+    let teacher = load_teacher(config, opts.device)?;
     let counts = data.counts()[Split::Training as usize];
     let loss_fn = Loss::new(&config.train, &counts, opts.device);
     let train_faces = Arc::new(train_faces);
@@ -249,7 +250,12 @@ pub fn train(config: &Config, data: &Dataset, opts: &TrainOptions) -> anyhow::Re
             let yb = Tensor::from_slice(&batch_data.labels).to_device(opts.device);
             let targets = Tensor::from_slice(&batch_data.targets).reshape([len, NUM_CLASSES as i64]).to_device(opts.device);
             let out = model.net.forward_t(&xb, true);
-            let loss = loss_fn.soft(&out, &targets);
+            let mut loss = loss_fn.soft(&out, &targets);
+            if let Some(teacher) = &teacher {
+                let taught = tch::no_grad(|| teacher.net.forward_t(&xb, false));
+                let w = config.train.distill_weight;
+                loss = loss * (1.0 - w) + Loss::distill(&out, &taught, config.train.distill_temperature) * w;
+            }
             optimizer.zero_grad();
             loss.backward();
             if config.train.grad_clip > 0.0 {
@@ -337,6 +343,15 @@ pub fn train(config: &Config, data: &Dataset, opts: &TrainOptions) -> anyhow::Re
         anyhow::bail!("stopped after epoch {} of {}; continue with --resume", state.epochs_done, config.train.epochs);
     }
     finish(config, data, &dir, &state, opts)
+}
+
+/// The trained model a distilled run learns from, checked to see the same input.
+fn load_teacher(config: &Config, device: Device) -> anyhow::Result<Option<Trained>> {
+    let Some(path) = &config.train.teacher else { return Ok(None) };
+    let teacher = Trained::load(Path::new(path), device).map_err(|e| anyhow::anyhow!("teacher {path}: {e}"))?;
+    let (want, got) = (config.train.input_size, teacher.config.train.input_size);
+    anyhow::ensure!(want == got, "teacher {path} takes {got}x{got} inputs, this run {want}x{want}");
+    Ok(Some(teacher))
 }
 
 /// Drops what a killed run was in the middle of writing (temporary and partial files).

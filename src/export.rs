@@ -1,0 +1,151 @@
+//! Shipping a trained run as a model folder: batch norm folded into the convolutions, the
+//! weights, a config that loads them, the training config that made them, and a model card.
+
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::Path;
+use tch::Tensor;
+
+use crate::config::{Config, ModelConfig};
+use crate::data::{write_atomic, Dataset, Split};
+use crate::model::{fold_batch_norm, param_count};
+use crate::train::{Summary, Trained};
+
+/// The same model with every conv + batch-norm pair folded into one convolution.
+pub fn fold(model: &Trained) -> anyhow::Result<Trained> {
+    let vars: HashMap<String, Tensor> = model.vs.variables();
+    let (layers, folded_vars) = fold_batch_norm(&model.config.layers()?, &vars)?;
+    let config = Config { model: ModelConfig { network: None, convnet: None, layers: Some(layers) }, ..model.config.clone() };
+    let folded = Trained::new(&config, model.vs.device())?;
+    let named: HashMap<String, Tensor> = folded_vars.into_iter().collect();
+    for (name, mut var) in folded.vs.variables() {
+        let value = named.get(&name).ok_or_else(|| anyhow::anyhow!("folding left {name} without a value"))?;
+        tch::no_grad(|| var.copy_(value));
+    }
+    anyhow::ensure!(named.len() == folded.vs.len(), "folding produced variables the folded network does not have");
+    Ok(folded)
+}
+
+/// `card.json`: what the model card says, from the run's records and the folded model.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Card {
+    pub name: String,
+    pub architecture: String,
+    /// fvcore FLOPs of one forward pass of the folded model (with the eval blur).
+    pub fvcore_flops: i64,
+    /// Before folding, as the run was trained and scored.
+    pub fvcore_flops_unfolded: i64,
+    pub params: i64,
+    pub val_acc: f64,
+    /// PrivateTest, scored once when the run finished (the folded model computes the same).
+    pub test_acc: f64,
+    /// test accuracy in % per fvcore GFLOP of the folded model.
+    pub efficiency: f64,
+    /// PublicTest accuracy of the folded model, measured at export (None without the data).
+    pub folded_val_acc: Option<f64>,
+    pub seed: u64,
+    pub epochs: usize,
+    pub best_epoch: usize,
+    pub train_seconds: f64,
+    pub threads: i32,
+    pub device: String,
+    pub machine: String,
+    pub teacher: Option<String>,
+    /// The commands that retrain and re-export it.
+    pub reproduce: String,
+}
+
+/// Exports the finished run in `run` (its `summary.json` must exist) to the folder `out`:
+/// `model.safetensors` + `config.toml` (folded, loadable by `fer eval --model out`),
+/// `train.toml` (the run's own config), `card.md` and `card.json`.
+pub fn export(run: &Path, out: &Path, data: Option<&Dataset>) -> anyhow::Result<Card> {
+    let summary: Summary = serde_json::from_slice(
+        &std::fs::read(run.join("summary.json"))
+            .map_err(|e| anyhow::anyhow!("{}: no summary.json ({e}); finish the run first", run.display()))?,
+    )?;
+    let model = Trained::load(run, tch::Device::Cpu)?;
+    let folded = fold(&model)?;
+    let flops = crate::flops::count_config(&folded.config)?;
+    let folded_val_acc = data.map(|d| folded.evaluate(&d.split(Split::PublicTest)).accuracy);
+    if let Some(acc) = folded_val_acc {
+        let faces = data.map_or(1, |d| d.split(Split::PublicTest).len()) as f64;
+        anyhow::ensure!(
+            ((acc - summary.val_acc) * faces).abs() <= 1.0,
+            "the folded model scores {:.2}% on PublicTest, the run {:.2}%: folding changed the model",
+            100.0 * acc,
+            100.0 * summary.val_acc
+        );
+    }
+    let train_config = &model.config;
+    let name = out.file_name().map_or(summary.name.clone(), |n| n.to_string_lossy().into_owned());
+    let mut reproduce = String::new();
+    if let Some(t) = &train_config.train.teacher {
+        reproduce += &format!("# first train the teacher, {t}\n");
+    }
+    reproduce += &format!(
+        "./fer train --config {out}/train.toml\n./fer export {run} --out {out}",
+        out = out.display(),
+        run = run.display()
+    );
+    let card = Card {
+        name,
+        architecture: folded.config.layers()?.iter().map(|l| l.kind()).collect::<Vec<_>>().join(" → "),
+        fvcore_flops: flops.fvcore_total,
+        fvcore_flops_unfolded: summary.fvcore_flops,
+        params: param_count(&folded.vs),
+        val_acc: summary.val_acc,
+        test_acc: summary.test_acc,
+        efficiency: crate::flops::efficiency(100.0 * summary.test_acc, flops.fvcore_total),
+        folded_val_acc,
+        seed: summary.seed,
+        epochs: summary.epochs,
+        best_epoch: summary.best_epoch,
+        train_seconds: summary.train_seconds,
+        threads: summary.threads,
+        device: summary.device.clone(),
+        machine: summary.machine.clone(),
+        teacher: train_config.train.teacher.clone(),
+        reproduce,
+    };
+    std::fs::create_dir_all(out)?;
+    folded.save(&out.join("model.safetensors"))?;
+    write_atomic(&out.join("config.toml"), folded.config.to_toml().as_bytes())?;
+    write_atomic(&out.join("train.toml"), train_config.to_toml().as_bytes())?;
+    write_atomic(&out.join("card.json"), &serde_json::to_vec_pretty(&card)?)?;
+    write_atomic(&out.join("card.md"), card_markdown(&card, train_config).as_bytes())?;
+    Ok(card)
+}
+
+/// The model card, for people.
+pub fn card_markdown(card: &Card, train_config: &Config) -> String {
+    let pct = |x: f64| format!("{:.2}%", 100.0 * x);
+    let mut md = format!("# Model card: {}\n\n", card.name);
+    md += "Facial-expression classifier for 48x48 grayscale faces, 7 classes (Angry, Disgust, Fear, Happy, Sad, Surprise, Neutral), trained on FER-2013 Training with `fer`.\n\n";
+    md += "| | |\n|---|---|\n";
+    let rows = [
+        ("PublicTest accuracy (model selection)", pct(card.val_acc)),
+        ("PrivateTest accuracy (scored once)", pct(card.test_acc)),
+        ("fvcore FLOPs, one forward pass (BN folded)", format!("{} ({:.5} GFLOPs)", card.fvcore_flops, card.fvcore_flops as f64 / 1e9)),
+        ("fvcore FLOPs before folding", card.fvcore_flops_unfolded.to_string()),
+        ("efficiency (PrivateTest % / GFLOP)", format!("{:.1}", card.efficiency)),
+        ("parameters", card.params.to_string()),
+        ("seed", card.seed.to_string()),
+        ("epochs (best on PublicTest)", format!("{} ({})", card.epochs, card.best_epoch)),
+        ("distilled from", card.teacher.clone().unwrap_or_else(|| "none".into())),
+        ("training time", format!("{:.0} s on {}, {} threads ({})", card.train_seconds, card.machine, card.threads, card.device)),
+        (
+            "folded model on PublicTest",
+            card.folded_val_acc.map_or("not checked (no data at export)".into(), pct),
+        ),
+    ];
+    for (k, v) in rows {
+        md += &format!("| {k} | {v} |\n");
+    }
+    md += &format!("\n## Architecture (as deployed)\n\n{}\n\n", card.architecture);
+    md += "## Use\n\n```sh\n./fer predict face.png                      # the tiny model is the default\n";
+    md += &format!("./fer eval --model models/{} --split PrivateTest\n```\n\n", card.name);
+    md += &format!("## Reproduce\n\n```sh\n{}\n```\n\n", card.reproduce);
+    md += &format!("## Training config (`train.toml`)\n\n```toml\n{}```\n\n", train_config.to_toml());
+    md += "## Limitations\n\nThe shared Training faces are blurred and the test faces are not (`fer data stats`); the model blurs every face at evaluation to match (`eval_blur`), which caps what it can see. Accuracy is per the PrivateTest split of FER-2013; faces from other sources (other crops, lighting, ages, ethnic groups) will score differently. Expression is not emotion.\n";
+    md
+}

@@ -1,0 +1,153 @@
+//! Deployment: batch-norm folding, distillation, model export, and the shipped models.
+mod common;
+
+use common::{real_data, synthetic, tiny_config};
+use fer::config::Config;
+use fer::data::Split;
+use fer::export::{export, fold, Card};
+use fer::model::Layer;
+use fer::train::{train, TrainOptions, Trained};
+use std::path::Path;
+use tch::{Kind, Tensor};
+
+fn opts(runs: &Path) -> TrainOptions {
+    TrainOptions { runs_dir: runs.to_path_buf(), quiet: true, ..Default::default() }
+}
+
+/// A model of `model_toml` whose batch norms hold trained-looking, non-trivial statistics.
+fn with_random_batch_norms(model_toml: &str) -> Trained {
+    tch::manual_seed(3);
+    let config = Config::parse(&format!("name = \"fold\"\n{model_toml}")).unwrap();
+    let model = Trained::new(&config, tch::Device::Cpu).unwrap();
+    tch::no_grad(|| {
+        for (name, mut var) in model.vs.variables() {
+            let size = var.size();
+            if name.ends_with("running_var") {
+                var.copy_(&(Tensor::rand(&size, (Kind::Float, tch::Device::Cpu)) * 2.0 + 0.5));
+            } else if name.ends_with("running_mean") || name.ends_with("bias") {
+                var.copy_(&(Tensor::randn(&size, (Kind::Float, tch::Device::Cpu)) * 0.5));
+            } else if var.dim() == 1 {
+                var.copy_(&(Tensor::rand(&size, (Kind::Float, tch::Device::Cpu)) + 0.5));
+            }
+        }
+    });
+    model
+}
+
+fn has_batch_norm(layers: &[Layer]) -> bool {
+    layers.iter().any(|l| match l {
+        Layer::BatchNorm | Layer::Separable { .. } => true,
+        Layer::Residual { body } => has_batch_norm(body),
+        _ => false,
+    })
+}
+
+#[test]
+fn folding_batch_norm_keeps_the_outputs_and_drops_its_flops() {
+    tch::set_num_threads(1);
+    let models = [
+        "[model]\nnetwork = \"mobile\"",
+        "[model]\nnetwork = \"vgg\"",
+        "[model]\nnetwork = \"resnet\"",
+        // Separable convolutions, strided downsampling (a projection shortcut with its own
+        // batch norm) and SE attention, all at once.
+        "[model.convnet]\nwidths = [8, 16]\nblocks = 2\nstem_stride = 2\nseparable = true\nresidual = true\nattention = \"se\"\nreduction = 4\ndownsample = \"stride\"",
+        // Explicit layers: a separable block, and a batch norm with no convolution before it.
+        "[model]\nlayers = [{ type = \"conv\", out = 8, stride = 2 }, { type = \"batch_norm\" }, { type = \"relu\" }, { type = \"separable\", out = 16, stride = 2 }, { type = \"max_pool\" }, { type = \"batch_norm\" }, { type = \"flatten\" }, { type = \"linear\", out = 7 }]",
+    ];
+    let x = Tensor::randn([5, 1, 48, 48], (Kind::Float, tch::Device::Cpu));
+    for toml in models {
+        let model = with_random_batch_norms(toml);
+        let folded = fold(&model).unwrap();
+        let layers = folded.config.layers().unwrap();
+        let before = tch::no_grad(|| tch::nn::ModuleT::forward_t(&model.net, &x, false));
+        let after = tch::no_grad(|| tch::nn::ModuleT::forward_t(&folded.net, &x, false));
+        let diff = (&before - &after).abs().max().double_value(&[]);
+        let scale = before.abs().max().double_value(&[]);
+        assert!(diff <= 1e-4 * scale.max(1.0), "{toml}: folded outputs differ by {diff} (scale {scale})");
+        let flops = |c: &Config| fer::flops::count_config(c).unwrap().fvcore_total;
+        assert!(flops(&folded.config) < flops(&model.config), "{toml}: folding removes the batch-norm FLOPs");
+        if !toml.contains("flatten") {
+            assert!(!has_batch_norm(&layers), "{toml}: every batch norm follows a conv, so none is left");
+        }
+    }
+}
+
+#[test]
+fn a_student_learns_from_the_teacher_alone() {
+    tch::set_num_threads(1);
+    let data = synthetic([280, 70, 70], 21);
+    let runs = tempfile::tempdir().unwrap();
+    train(&tiny_config("teacher", 4), &data, &opts(runs.path())).unwrap();
+    let teacher = runs.path().join("teacher");
+
+    // The student sees every Training face labelled Angry; with the distillation weight at 1
+    // the labels play no part, so all it can learn of the classes comes from the teacher.
+    let mut mislabelled = data.clone();
+    for (label, split) in mislabelled.labels.iter_mut().zip(&mislabelled.splits) {
+        if *split == Split::Training {
+            *label = 0;
+        }
+    }
+    let mut student = tiny_config("student", 4);
+    student.seed = 8;
+    student.train.teacher = Some(teacher.display().to_string());
+    student.train.distill_weight = 1.0;
+    let summary = train(&student, &mislabelled, &opts(runs.path())).unwrap();
+    assert!(summary.val_acc > 0.5, "the student learned the classes from the teacher: {}", summary.val_acc);
+
+    // A teacher that is not there is a clear error, not a silent undistilled run.
+    let mut orphan = tiny_config("orphan", 1);
+    orphan.train.teacher = Some(runs.path().join("missing").display().to_string());
+    let err = train(&orphan, &data, &opts(runs.path())).unwrap_err().to_string();
+    assert!(err.contains("teacher"), "{err}");
+}
+
+#[test]
+fn export_writes_a_folded_model_folder_that_loads_and_agrees() {
+    tch::set_num_threads(1);
+    let data = synthetic([140, 70, 70], 22);
+    let runs = tempfile::tempdir().unwrap();
+    train(&tiny_config("shipme", 2), &data, &opts(runs.path())).unwrap();
+    let out = runs.path().join("models/shipme");
+    let card = export(&runs.path().join("shipme"), &out, Some(&data)).unwrap();
+    for f in ["model.safetensors", "config.toml", "train.toml", "card.md", "card.json"] {
+        assert!(out.join(f).is_file(), "{f} written");
+    }
+    assert!(card.fvcore_flops < card.fvcore_flops_unfolded);
+    assert!(card.reproduce.contains("fer train --config"));
+    let saved: Card = serde_json::from_slice(&std::fs::read(out.join("card.json")).unwrap()).unwrap();
+    assert_eq!(saved.test_acc, card.test_acc);
+
+    let run = Trained::load(&runs.path().join("shipme"), tch::Device::Cpu).unwrap();
+    let shipped = Trained::load(&out, tch::Device::Cpu).unwrap();
+    let faces = data.split(Split::PrivateTest);
+    let diff = (run.logits(&faces) - shipped.logits(&faces)).abs().max().double_value(&[]);
+    assert!(diff < 1e-4, "the shipped model computes what the run does: {diff}");
+    assert_eq!(100.0 * shipped.evaluate(&faces).accuracy, 100.0 * card.test_acc);
+}
+
+#[test]
+fn shipped_models_reproduce_their_cards() {
+    let Some(data_path) = real_data() else { return };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    let data = fer::data::load(&data_path).unwrap();
+    let test = data.split(Split::PrivateTest);
+    for name in ["tiny", "accurate"] {
+        let dir = root.join(name);
+        let card: Card = serde_json::from_slice(&std::fs::read(dir.join("card.json")).unwrap()).unwrap();
+        let model = Trained::load(&dir, tch::Device::Cpu).unwrap();
+        let acc = model.evaluate(&test).accuracy;
+        // The card's figure is the run's own PrivateTest score, before folding: allow the one
+        // face a float rounding may flip.
+        assert!(
+            (acc - card.test_acc).abs() * test.len() as f64 <= 1.0,
+            "{name}: PrivateTest {:.2}%, card {:.2}%",
+            100.0 * acc,
+            100.0 * card.test_acc
+        );
+        let flops = fer::flops::count_config(&model.config).unwrap().fvcore_total;
+        assert_eq!(flops, card.fvcore_flops, "{name}: the card's FLOPs are the folded model's");
+    }
+    assert_eq!(fer::predict::default_model().unwrap(), root.join("tiny"), "the tiny model is the default");
+}
