@@ -95,6 +95,9 @@ pub struct TrainConfig {
     /// Gaussian blur (sigma in pixels) applied to every face at evaluation and prediction
     /// (0 = none): matches sharp test faces to blurred training faces (see `fer data stats`).
     pub eval_blur: f64,
+    /// When the run ends, score the best checkpoint on PublicTest at each of these blurs and
+    /// keep the best (before PrivateTest is scored); empty = keep `eval_blur`.
+    pub eval_blur_choices: Vec<f64>,
     /// Knowledge distillation: a trained run or model folder whose softened outputs the
     /// network also learns from (unset = no distillation).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -126,6 +129,7 @@ impl Default for TrainConfig {
             input_size: 48,
             tta: Tta::None,
             eval_blur: 0.0,
+            eval_blur_choices: Vec::new(),
             teacher: None,
             distill_temperature: 4.0,
             distill_weight: 0.5,
@@ -145,6 +149,7 @@ impl Config {
         anyhow::ensure!(config.train.batch_size > 0 && config.train.eval_batch_size > 0, "batch sizes must be positive");
         let t = &config.train;
         anyhow::ensure!((0.0..=1.0).contains(&t.distill_weight), "distill_weight {} must be between 0 and 1", t.distill_weight);
+        anyhow::ensure!(t.eval_blur >= 0.0 && t.eval_blur_choices.iter().all(|&s| s >= 0.0), "blur sigmas must not be negative");
         anyhow::ensure!(t.distill_temperature > 0.0, "distill_temperature must be positive");
         Ok(config)
     }

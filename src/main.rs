@@ -71,6 +71,12 @@ enum Command {
         figure: Vec<PathBuf>,
         #[arg(long, default_value = "results/report")]
         out: PathBuf,
+        /// Shipped model folders (from `fer export`) to report with their cards.
+        #[arg(long)]
+        model: Vec<PathBuf>,
+        /// Also write the Markdown here (e.g. REPORT.md), its links rebased.
+        #[arg(long)]
+        copy_to: Option<PathBuf>,
     },
     /// Run an ablation: one training run per combination of methods, and its table.
     Ablate {
@@ -231,8 +237,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("record copied to {}", dest.display());
             }
         }
-        Command::Report { baseline, run, ablation, data_stats, figure, out } => {
-            let inputs = fer::report::ReportInputs { baseline, runs: run, ablation, data_stats, figures: figure, out };
+        Command::Report { baseline, run, ablation, data_stats, figure, out, model, copy_to } => {
+            let inputs = fer::report::ReportInputs { baseline, runs: run, ablation, data_stats, figures: figure, out, models: model, copy_to };
             let path = fer::report::write(&inputs)?;
             println!("wrote {} and report.html beside it", path.display());
         }

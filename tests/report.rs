@@ -34,13 +34,24 @@ fn ablation_then_report_from_run_records() {
     let again = fer::ablate::run(&ablation, &tiny_config("abl-base", 2), &data, &runs, &out).unwrap();
     assert_eq!(table, again);
 
+    // Beyond the ablation: a run distilled from the baseline, its twin without the teacher,
+    // and the student shipped as a model folder.
+    let mut student = tiny_config("student", 2);
+    student.train.teacher = Some(runs.join("base").display().to_string());
+    train(&student, &data, &opts).unwrap();
+    train(&tiny_config("plain", 2), &data, &opts).unwrap();
+    let model_dir = dir.path().join("models/student");
+    fer::export::export(&runs.join("student"), &model_dir, Some(&data)).unwrap();
+
     let inputs = fer::report::ReportInputs {
         baseline: runs.join("base"),
-        runs: vec![],
+        runs: vec![runs.join("student"), runs.join("plain")],
         ablation: Some(out.clone()),
         data_stats: None,
         figures: vec![],
         out: dir.path().join("report"),
+        models: vec![model_dir],
+        copy_to: Some(dir.path().join("REPORT.md")),
     };
     let md_path = fer::report::write(&inputs).unwrap();
     let md = std::fs::read_to_string(&md_path).unwrap();
@@ -51,6 +62,12 @@ fn ablation_then_report_from_run_records() {
     assert!(md.contains(&format!("{:.2}%", 100.0 * baseline.test_acc)));
     assert!(md.contains(&format!("= **{:.1}**", baseline.efficiency)));
     assert!(md.contains("| 01-smoothing | Y | N |"));
+    assert!(md.contains("Distillation (`student` against `plain`"), "the distillation is measured against its twin");
+    assert!(md.contains("| **student** (shipped, BN folded) |"));
+    assert!(md.contains("](pareto.png)"));
+    // The copy's links are relative to where it lies.
+    let copy = std::fs::read_to_string(dir.path().join("REPORT.md")).unwrap();
+    assert!(copy.contains("](report/pareto.png)") && copy.contains("](runs/base/accuracy.png)"), "{copy}");
     let html = std::fs::read_to_string(dir.path().join("report/report.html")).unwrap();
     assert!(html.contains("<table>") && html.contains("data:image/png;base64,"));
     assert!(!html.contains("src=\"pareto.png\""), "images are inlined");

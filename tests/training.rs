@@ -142,3 +142,24 @@ fn config_round_trips_through_toml() {
     let bad = fer::config::Config::parse("name = \"x\"\n[model]\nnetwork = \"resnet999\"\n");
     assert!(bad.unwrap_err().to_string().contains("unknown network `resnet999`"));
 }
+
+#[test]
+fn the_evaluation_blur_is_chosen_on_publictest_before_privatetest() {
+    tch::set_num_threads(1);
+    let data = synthetic([280, 70, 70], 13);
+    let runs = tempfile::tempdir().unwrap();
+    let mut config = tiny_config("blurs", 3);
+    // Trained on sharp faces, so a heavy blur at test time can only hurt.
+    config.train.eval_blur = 12.0;
+    config.train.eval_blur_choices = vec![12.0, 0.0];
+    let summary = train(&config, &data, &opts(runs.path())).unwrap();
+    let sweep: Vec<f64> = summary.blur_sweep.iter().map(|b| b.sigma).collect();
+    assert_eq!(sweep, [12.0, 0.0]);
+    assert!(summary.blur_sweep[1].val_acc > summary.blur_sweep[0].val_acc, "{:?}", summary.blur_sweep);
+    assert_eq!(summary.eval_blur, 0.0);
+    assert_eq!(summary.val_acc, summary.blur_sweep[1].val_acc);
+    // The run folder's config now loads the model with the chosen blur.
+    let model = Trained::load(&runs.path().join("blurs"), tch::Device::Cpu).unwrap();
+    assert_eq!(model.config.train.eval_blur, 0.0);
+    assert_eq!(model.evaluate(&data.split(Split::PrivateTest)).accuracy, summary.test_acc);
+}
