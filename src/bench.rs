@@ -18,6 +18,8 @@ pub struct BenchArgs {
     /// For `epoch`: batches timed after warm-up, and the data.
     pub batches: usize,
     pub data: std::path::PathBuf,
+    /// Training arithmetic for `step` and `epoch`: f32 or bf16 (mixed precision).
+    pub precision: crate::config::Precision,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -39,6 +41,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
     tch::manual_seed(0);
     let (mut config, _) = crate::flops::resolve(&args.model)?;
     config.train.optimizer = crate::config::OptimizerKind::Adamw;
+    config.train.precision = args.precision;
     let model = Trained::new(&config, Device::Cpu)?;
     let b = args.batch as i64;
     let x = Tensor::rand([b, 1, 48, 48], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
@@ -157,6 +160,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
         "model": args.model,
         "batch": args.batch,
         "threads": tch::get_num_threads(),
+        "precision": args.precision,
     });
     for (k, v) in result.as_object().unwrap() {
         line[k] = v.clone();

@@ -57,6 +57,13 @@ impl Tta {
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+pub enum Precision {
+    F32,
+    Bf16,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum OptimizerKind {
     Adam,
     Adamw,
@@ -98,6 +105,10 @@ pub struct TrainConfig {
     /// When the run ends, score the best checkpoint on PublicTest at each of these blurs and
     /// keep the best (before PrivateTest is scored); empty = keep `eval_blur`.
     pub eval_blur_choices: Vec<f64>,
+    /// Arithmetic of training: `f32`, or `bf16` mixed precision (convolutions and linear layers
+    /// in bfloat16, everything else and the weights in f32; fast where the CPU has AMX or
+    /// AVX512-BF16). Evaluation is always f32.
+    pub precision: Precision,
     /// Knowledge distillation: a trained run or model folder whose softened outputs the
     /// network also learns from (unset = no distillation).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -130,6 +141,7 @@ impl Default for TrainConfig {
             tta: Tta::None,
             eval_blur: 0.0,
             eval_blur_choices: Vec::new(),
+            precision: Precision::F32,
             teacher: None,
             distill_temperature: 4.0,
             distill_weight: 0.5,

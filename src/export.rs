@@ -80,7 +80,7 @@ pub fn export(run: &Path, out: &Path, data: Option<&Dataset>) -> anyhow::Result<
     let name = out.file_name().map_or(summary.name.clone(), |n| n.to_string_lossy().into_owned());
     let mut reproduce = String::new();
     if let Some(t) = &train_config.train.teacher {
-        reproduce += &format!("# first train the teacher, {t}\n");
+        reproduce += &format!("# train the teacher, {t}, first (scripts/frontier.sh trains the whole front in order)\n");
     }
     reproduce += &format!(
         "./fer train --config {out}/train.toml\n./fer export {run} --out {out}",

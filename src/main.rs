@@ -155,6 +155,9 @@ enum Command {
         /// `epoch`: batches timed after warm-up.
         #[arg(long, default_value_t = 40)]
         batches: usize,
+        /// Training arithmetic (step, epoch): f32, or bf16 mixed precision.
+        #[arg(long, default_value = "f32", value_parser = parse_precision)]
+        precision: fer::config::Precision,
     },
     /// FLOPs per layer as fvcore counts them, parameters, and the efficiency of a run.
     Flops {
@@ -196,6 +199,14 @@ enum DataCommand {
         #[arg(long, default_value = "fer2013.csv")]
         out: PathBuf,
     },
+}
+
+fn parse_precision(name: &str) -> Result<fer::config::Precision, String> {
+    match name {
+        "f32" => Ok(fer::config::Precision::F32),
+        "bf16" => Ok(fer::config::Precision::Bf16),
+        other => Err(format!("unknown precision `{other}` (f32 or bf16)")),
+    }
 }
 
 fn device(name: &str) -> anyhow::Result<tch::Device> {
@@ -338,8 +349,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 dir.display()
             );
         }
-        Command::Bench { mode, model, batch, steps, warmup, batches } => {
-            let args = fer::bench::BenchArgs { mode, model, batch, steps, warmup, batches, data: cli.data.clone() };
+        Command::Bench { mode, model, batch, steps, warmup, batches, precision } => {
+            let args = fer::bench::BenchArgs { mode, model, batch, steps, warmup, batches, data: cli.data.clone(), precision };
             println!("{}", fer::bench::run(&args)?);
         }
         Command::Flops { model, json } => fer::flops::print(&model, json)?,

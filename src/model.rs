@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use tch::nn::{self, ModuleT};
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 use crate::data::{NUM_CLASSES, SIDE};
 
@@ -327,6 +327,9 @@ pub struct ConvNet {
     pub widths: Vec<i64>,
     /// Blocks per stage; a block is two 3x3 convolutions.
     pub blocks: usize,
+    /// Average-pool the input by this factor first (1 = no pooling): blurred faces lose
+    /// nothing at a third of the resolution, and every later layer costs a ninth.
+    pub input_pool: i64,
     /// Stride of the first convolution (2 halves the 48x48 input at once).
     pub stem_stride: i64,
     pub batch_norm: bool,
@@ -346,6 +349,7 @@ impl Default for ConvNet {
         ConvNet {
             widths: vec![32, 64, 128, 256],
             blocks: 1,
+            input_pool: 1,
             stem_stride: 1,
             batch_norm: true,
             residual: false,
@@ -382,11 +386,12 @@ impl ConvNet {
     pub fn layers(&self) -> Vec<Layer> {
         let act = self.activation.layer();
         let first = self.widths.first().copied().unwrap_or(32);
-        let mut layers = self.conv(1, first, self.stem_stride);
-        if self.separable {
-            // A depthwise conv of one channel is pointless: the stem is a plain conv.
-            layers = ConvNet { separable: false, ..self.clone() }.conv(1, first, self.stem_stride);
+        let mut layers = Vec::new();
+        if self.input_pool > 1 {
+            layers.push(Layer::AvgPool { kernel: self.input_pool, stride: None });
         }
+        // A depthwise conv of one channel is pointless: the stem is a plain conv.
+        layers.extend(ConvNet { separable: false, ..self.clone() }.conv(1, first, self.stem_stride));
         layers.push(act.clone());
         let mut cin = first;
         for (s, &w) in self.widths.iter().enumerate() {
@@ -481,7 +486,7 @@ pub fn vgg() -> Vec<Layer> {
 // Building
 
 enum Built {
-    Conv(nn::Conv2D),
+    Conv { conv: nn::Conv2D, stride: i64, padding: i64, groups: i64 },
     BatchNorm(nn::BatchNorm),
     Relu,
     LeakyRelu(f64),
@@ -502,6 +507,9 @@ enum Built {
 /// A built network: the layers' modules, in order.
 pub struct Net {
     layers: Vec<Built>,
+    /// Mixed precision in training: convolutions and linear layers compute in bfloat16
+    /// (weights kept in f32, as autocast does); evaluation stays in f32.
+    pub bf16_training: bool,
 }
 
 /// PyTorch's default for conv and linear: weight and bias uniform in ±1/sqrt(fan_in).
@@ -534,7 +542,8 @@ fn build(root: &nn::Path, layers: &[Layer], mut input: Shape) -> anyhow::Result<
         let cin = input.channels();
         built.push(match layer {
             &Layer::Conv { out, kernel, stride, padding, groups, bias } => {
-                Built::Conv(conv(p, cin, out, kernel, stride, padding.unwrap_or(kernel / 2), groups, bias))
+                let padding = padding.unwrap_or(kernel / 2);
+                Built::Conv { conv: conv(p, cin, out, kernel, stride, padding, groups, bias), stride, padding, groups }
             }
             Layer::BatchNorm => Built::BatchNorm(batch_norm(p, cin)),
             Layer::Relu => Built::Relu,
@@ -602,7 +611,7 @@ impl Net {
     /// Builds `layers` for a `side` x `side` input.
     pub fn new(root: &nn::Path, layers: &[Layer], side: i64) -> anyhow::Result<Net> {
         shapes_at(layers, side)?;
-        Ok(Net { layers: build(root, layers, Shape::input(side))? })
+        Ok(Net { layers: build(root, layers, Shape::input(side))?, bf16_training: false })
     }
 }
 
@@ -617,11 +626,33 @@ fn gate(pooled: &Tensor, squeeze: &nn::Linear, excite: &nn::Linear) -> Tensor {
     pooled.apply(squeeze).relu().apply(excite)
 }
 
-fn forward(layers: &[Built], xs: &Tensor, train: bool) -> Tensor {
+/// A layer's matrix multiplies in bfloat16 under mixed precision; the output stays bfloat16
+/// until the network's end (batch norm takes it with its f32 statistics, as under autocast).
+fn bf16(x: &Tensor, f: impl FnOnce(&Tensor, &dyn Fn(&Tensor) -> Tensor) -> Tensor) -> Tensor {
+    let half = |t: &Tensor| t.to_kind(Kind::BFloat16);
+    f(&half(x), &half)
+}
+
+/// The same tensor in channels-last memory order (NHWC strides, NCHW shape): oneDNN's
+/// convolutions, batch norm and pooling run faster on it, and keep it for their outputs, so
+/// after the first convolution this is free.
+fn channels_last(x: &Tensor) -> Tensor {
+    if std::env::var_os("FER_NCHW").is_some() { return x.shallow_clone(); }
+    x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
+}
+
+fn forward(layers: &[Built], xs: &Tensor, train: bool, mixed: bool) -> Tensor {
+    let mixed = mixed && train;
     let mut x = xs.shallow_clone();
     for layer in layers {
         x = match layer {
-            Built::Conv(c) => x.apply(c),
+            // Depthwise convolutions gain nothing from bfloat16 on CPU: they stay in f32.
+            Built::Conv { conv, stride, padding, groups } if mixed && *groups == 1 => bf16(&x, |x, half| {
+                let bias = conv.bs.as_ref().map(half);
+                channels_last(x).conv2d(&half(&conv.ws), bias.as_ref(), [*stride; 2], [*padding; 2], [1, 1], *groups)
+            }),
+            Built::Linear(l) if mixed => bf16(&x, |x, half| x.linear(&half(&l.ws), l.bs.as_ref().map(half).as_ref())),
+            Built::Conv { conv, .. } => channels_last(&x.to_kind(Kind::Float)).apply(conv),
             Built::BatchNorm(bn) => x.apply_t(bn, train),
             Built::Relu => x.relu(),
             Built::LeakyRelu(slope) => x.maximum(&(&x * *slope)),
@@ -635,10 +666,10 @@ fn forward(layers: &[Built], xs: &Tensor, train: bool) -> Tensor {
             Built::Flatten => x.flatten(1, -1),
             Built::Linear(l) => x.apply(l),
             Built::Dropout(p) => x.dropout(*p, train),
-            Built::Sequence(body) => forward(body, &x, train),
+            Built::Sequence(body) => forward(body, &x, train, mixed),
             Built::Residual { body, shortcut } => {
-                let skip = if shortcut.is_empty() { x.shallow_clone() } else { forward(shortcut, &x, train) };
-                forward(body, &x, train) + skip
+                let skip = if shortcut.is_empty() { x.shallow_clone() } else { forward(shortcut, &x, train, mixed) };
+                forward(body, &x, train, mixed) + skip
             }
             Built::Se { squeeze, excite } => {
                 let g = gate(&x.adaptive_avg_pool2d([1, 1]).flatten(1, -1), squeeze, excite).sigmoid();
@@ -658,7 +689,7 @@ fn forward(layers: &[Built], xs: &Tensor, train: bool) -> Tensor {
 
 impl ModuleT for Net {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        forward(&self.layers, xs, train)
+        forward(&self.layers, xs, train, self.bf16_training).to_kind(Kind::Float)
     }
 }
 

@@ -198,7 +198,8 @@ fn render(inputs: &ReportInputs, base: &Path) -> anyhow::Result<String> {
             let (train, public, private) = (get("Training"), get("PublicTest"), get("PrivateTest"));
             writeln!(md, "Sharpness (mean absolute difference of neighbouring pixels): Training {train:.2}, PublicTest {public:.2}, PrivateTest {private:.2}.")?;
             if train > 0.0 && public > 1.5 * train {
-                writeln!(md, " **The Training faces of this release are {:.1}x smoother than the test faces**: they were blurred before encoding, so every model trained on them meets sharper faces at test time. Blurring test faces to match (`eval_blur`, chosen on PublicTest) is one of the methods below.", public / train)?;
+                let sigma = stats["training_blur_sigma"].as_f64().map_or(String::new(), |s| format!(" (as smooth as the test faces blurred by a Gaussian of σ = {s:.2} px)"));
+                writeln!(md, " **The Training faces of this release are {:.1}x smoother than the test faces**{sigma}: they were blurred before encoding, so every model trained on them meets sharper faces at test time. Blurring test faces to match (`eval_blur`, chosen on PublicTest) is one of the methods below. A blur this wide leaves nothing above about 0.15 cycles per pixel, so a face averaged down to 16x16 keeps what the Training faces carry (`input_pool`).", public / train)?;
             }
             writeln!(md)?;
         }

@@ -30,6 +30,9 @@ pub struct DataStats {
     /// Mean absolute difference of horizontally adjacent pixels, per split: a sharpness
     /// measure. Splits far apart mean the faces were processed differently (e.g. blurred).
     pub sharpness: BTreeMap<String, f64>,
+    /// The Gaussian blur (sigma, pixels) that makes PublicTest faces as smooth as Training
+    /// faces: an estimate of how Training was blurred (None if it is not smoother).
+    pub training_blur_sigma: Option<f64>,
 }
 
 /// Mean |p(x+1, y) - p(x, y)| over the faces of each split.
@@ -49,6 +52,34 @@ pub fn sharpness(data: &Dataset) -> BTreeMap<String, f64> {
     Split::ALL.iter().map(|s| (s.name().to_string(), sum[*s as usize] / n[*s as usize].max(1) as f64)).collect()
 }
 
+/// The sigma at which Gaussian-blurred PublicTest faces match Training's sharpness, by
+/// bisection (sharpness falls as sigma grows).
+pub fn matching_blur(data: &Dataset, sharpness: &BTreeMap<String, f64>) -> Option<f64> {
+    let target = *sharpness.get(Split::Training.name())?;
+    let test = data.split(Split::PublicTest);
+    if test.is_empty() || target <= 0.0 {
+        return None;
+    }
+    let x = tch::Tensor::from_slice(&test.pixels).reshape([test.len() as i64, 1, 48, 48]).to_kind(tch::Kind::Float);
+    let smoothness = |sigma: f64| {
+        let b = crate::eval::blur(&x, sigma);
+        (b.narrow(3, 1, 47) - b.narrow(3, 0, 47)).abs().mean(tch::Kind::Float).double_value(&[])
+    };
+    if smoothness(0.0) <= target {
+        return None;
+    }
+    let (mut lo, mut hi) = (0.0, 10.0);
+    for _ in 0..30 {
+        let mid = (lo + hi) / 2.0;
+        if smoothness(mid) > target {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    Some((lo + hi) / 2.0)
+}
+
 pub fn analyse(data: &Dataset) -> DataStats {
     let counts = data.counts();
     let mut table = BTreeMap::new();
@@ -56,6 +87,7 @@ pub fn analyse(data: &Dataset) -> DataStats {
         let row = (0..NUM_CLASSES).map(|c| (CLASSES[c].to_string(), counts[split as usize][c])).collect();
         table.insert(split.name().to_string(), row);
     }
+    let sharp = sharpness(data);
     let train = counts[Split::Training as usize];
     let imbalance = *train.iter().max().unwrap() as f64 / (*train.iter().min().unwrap()).max(1) as f64;
     let groups = duplicate_groups(data);
@@ -87,7 +119,8 @@ pub fn analyse(data: &Dataset) -> DataStats {
             .into_iter()
             .map(|(i, std)| format!("{} ({}, std {std:.2})", data.sources[i], data.splits[i]))
             .collect(),
-        sharpness: sharpness(data),
+        training_blur_sigma: matching_blur(data, &sharp),
+        sharpness: sharp,
     }
 }
 
@@ -136,6 +169,9 @@ impl DataStats {
         let (lo, hi) = values.iter().fold((f64::MAX, 0f64), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
         if !values.is_empty() && hi > 1.5 * lo {
             s += &format!("WARNING: the splits differ in sharpness by {:.1}x: some were blurred or re-encoded differently. A model trained on one will see a shifted distribution on the other (see `eval_blur` in the config).\n", hi / lo);
+        }
+        if let Some(sigma) = self.training_blur_sigma {
+            s += &format!("Training is as smooth as PublicTest blurred by a Gaussian of sigma {sigma:.2} px.\n");
         }
         s
     }

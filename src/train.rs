@@ -131,7 +131,8 @@ pub struct Trained {
 impl Trained {
     pub fn new(config: &Config, device: Device) -> anyhow::Result<Trained> {
         let vs = nn::VarStore::new(device);
-        let net = Net::new(&vs.root(), &config.layers()?, config.train.input_size as i64)?;
+        let mut net = Net::new(&vs.root(), &config.layers()?, config.train.input_size as i64)?;
+        net.bf16_training = config.train.precision == crate::config::Precision::Bf16;
         Ok(Trained { config: config.clone(), vs, net })
     }
 

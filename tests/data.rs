@@ -209,6 +209,7 @@ fn stats_flag_splits_of_different_sharpness() {
     let mut d = synthetic([14, 14, 0], 9);
     let sharp = fer::stats::analyse(&d);
     assert!(!sharp.text().contains("WARNING"), "{}", sharp.text());
+    assert!(sharp.training_blur_sigma.is_none_or(|s| s < 0.4), "{:?}", sharp.training_blur_sigma);
     // Blur the Training faces (3x3 box), as the shared release's Training split is blurred.
     for i in 0..d.len() {
         if d.splits[i] == Split::Training {
@@ -224,4 +225,7 @@ fn stats_flag_splits_of_different_sharpness() {
     let s = fer::stats::analyse(&d);
     assert!(s.sharpness["Training"] * 1.5 < s.sharpness["PublicTest"], "{:?}", s.sharpness);
     assert!(s.text().contains("WARNING: the splits differ in sharpness"));
+    // A 3x3 box has the variance of a Gaussian of sigma sqrt(2/3) = 0.82.
+    let sigma = s.training_blur_sigma.expect("Training is smoother");
+    assert!((0.6..1.1).contains(&sigma), "estimated blur {sigma}");
 }
