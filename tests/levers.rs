@@ -106,6 +106,7 @@ fn blocks_build_with_the_shapes_and_parameters_the_counter_expects() {
         ConvNet { widths: vec![8, 16], residual: true, attention: Attention::Cbam, reduction: 4, ..Default::default() },
         ConvNet { widths: vec![8, 16], separable: true, batch_norm: true, dropout: 0.2, ..Default::default() },
         ConvNet { widths: vec![8, 16], batch_norm: false, downsample: fer::model::Downsample::Stride, ..Default::default() },
+        ConvNet { widths: vec![8, 16], input_pool: 3, separable: true, ..Default::default() },
     ] {
         let layers = net.layers();
         let trained = Trained::new(&config_with(&layers), tch::Device::Cpu).unwrap();
@@ -141,9 +142,16 @@ widths = [16, 32]
 residual = true
 attention = "cbam"
 separable = true
+input_pool = 2
 dropout = 0.3
 activation = "silu"
 [train]
+precision = "bf16"
+eval_blur = 2.0
+eval_blur_choices = [2.0, 3.0]
+teacher = "runs/some-teacher"
+distill_temperature = 2.0
+distill_weight = 0.7
 optimizer = "sgd"
 momentum = 0.9
 nesterov = true
@@ -213,4 +221,33 @@ fn schedules_and_losses_train_end_to_end() {
     let lrs: Vec<f64> = lines.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["lr"].as_f64().unwrap()).collect();
     assert_eq!(lrs.len(), 3);
     assert!(lrs[2] < lrs[0].max(lrs[1]), "one-cycle comes down: {lrs:?}");
+}
+
+#[test]
+fn bf16_mixed_precision_trains_and_evaluates_in_f32() {
+    tch::set_num_threads(1);
+    let mut c = common::tiny_config("bf16", 4);
+    c.train.precision = fer::config::Precision::Bf16;
+    let runs = tempfile::tempdir().unwrap();
+    let opts = TrainOptions { runs_dir: runs.path().to_path_buf(), quiet: true, ..Default::default() };
+    let data = synthetic([280, 70, 70], 6);
+    let s = train(&c, &data, &opts).unwrap();
+    assert!(s.val_acc > 0.5, "learns in bf16: {}", s.val_acc);
+
+    let m = Trained::load(&runs.path().join("bf16"), tch::Device::Cpu).unwrap();
+    assert!(m.net.bf16_training);
+    let x = tch::Tensor::rand([4, 1, 48, 48], (tch::Kind::Float, tch::Device::Cpu));
+    let eval = tch::nn::ModuleT::forward_t(&m.net, &x, false);
+    // Evaluation is exact f32: the same as the network built without mixed precision.
+    let mut f32_net = Trained::new(&m.config, tch::Device::Cpu).unwrap();
+    f32_net.vs.copy(&m.vs).unwrap();
+    f32_net.net.bf16_training = false;
+    assert!(eval.equal(&tch::nn::ModuleT::forward_t(&f32_net.net, &x, false)));
+    assert_eq!(eval.kind(), tch::Kind::Float);
+    // Training mode computes in bf16 but hands the loss f32 scores, close to the f32 ones.
+    let mixed = tch::nn::ModuleT::forward_t(&m.net, &x, true);
+    let exact = tch::nn::ModuleT::forward_t(&f32_net.net, &x, true);
+    assert_eq!(mixed.kind(), tch::Kind::Float);
+    let diff = (&mixed - &exact).abs().max().double_value(&[]);
+    assert!(diff > 0.0 && diff < 0.1 * exact.abs().max().double_value(&[]).max(1.0), "bf16 differs from f32 by {diff}");
 }
