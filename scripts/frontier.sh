@@ -36,3 +36,11 @@ tiny=$(best_on_publictest tiny tiny16 "$design-distilled")
 echo "== shipping accurate and $tiny (best tiny run on PublicTest)"
 ./fer export runs/accurate --out models/accurate
 ./fer export "runs/$tiny" --out models/tiny
+
+echo "== the report: results/report/ and REPORT.md"
+runs=()
+for name in accurate tiny tiny16 "$design-distilled"; do
+    runs+=(--run "results/frontier/$name")
+done
+./fer report --ablation results/ablation --data-stats results/data/stats.json "${runs[@]}" \
+    --model models/tiny --model models/accurate --copy-to REPORT.md

@@ -397,21 +397,21 @@ fn finish(config: &Config, data: &Dataset, dir: &Path, state: &RunState, opts: &
     let mut model = Trained::load(dir, opts.device)?;
     let val_faces = data.split(Split::PublicTest);
     let best = &state.history[state.best_epoch - 1];
-    // (accuracy, loss) on PublicTest at the blur the scores use.
+    let blur_sweep: Vec<BlurScore> = config
+        .train
+        .eval_blur_choices
+        .iter()
+        .map(|&sigma| {
+            model.config.train.eval_blur = sigma;
+            BlurScore { sigma, val_acc: model.evaluate(&val_faces).accuracy }
+        })
+        .collect();
+    // (accuracy, loss) on PublicTest at the blur the scores use; ties go to the earlier choice.
     let mut val = (best.val_acc, best.val_loss);
-    let mut blur_sweep: Vec<BlurScore> = Vec::new();
-    for &sigma in &config.train.eval_blur_choices {
-        model.config.train.eval_blur = sigma;
-        let eval = model.evaluate(&val_faces);
-        // Ties go to the first (the list's order is the preference).
-        if blur_sweep.iter().all(|b| eval.accuracy > b.val_acc) {
-            val = (eval.accuracy, eval.loss);
-        }
-        blur_sweep.push(BlurScore { sigma, val_acc: eval.accuracy });
-    }
-    if !blur_sweep.is_empty() {
-        let chosen = blur_sweep.iter().fold(&blur_sweep[0], |a, b| if b.val_acc > a.val_acc { b } else { a });
+    if let Some(chosen) = blur_sweep.iter().reduce(|a, b| if b.val_acc > a.val_acc { b } else { a }) {
         model.config.train.eval_blur = chosen.sigma;
+        let eval = model.evaluate(&val_faces);
+        val = (eval.accuracy, eval.loss);
         write_atomic(&dir.join("config.toml"), model.config.to_toml().as_bytes())?;
     }
     let config = &model.config;
