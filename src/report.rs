@@ -88,7 +88,7 @@ fn pareto_plot(path: &Path, runs: &[&Run], shipped: &[Card]) -> anyhow::Result<(
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(55)
-        .build_cartesian_2d((x0 / 1.6..x1 * 1.6).log_scale(), (y0 - 4.0)..(y1 + 4.0))
+        .build_cartesian_2d((x0 / 1.6..x1 * 6.0).log_scale(), (y0 - 4.0)..(y1 + 4.0))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     chart
         .configure_mesh()
@@ -350,6 +350,9 @@ fn network(config: &crate::config::Config) -> String {
         (Some(name), _) => name.clone(),
         (None, Some(c)) => {
             let mut s = format!("convnet {:?} x{}", c.widths, c.blocks);
+            if c.input_pool > 1 {
+                s += &format!(", input averaged /{}", c.input_pool);
+            }
             for (on, what) in [(c.separable, "separable"), (c.residual, "residual"), (c.batch_norm, "BN")] {
                 if on {
                     s += &format!(", {what}");
