@@ -64,6 +64,7 @@ fn ablation_then_report_from_run_records() {
     assert!(md.contains("| 01-smoothing | Y | N |"));
     assert!(md.contains("Distillation (`student` against `plain`"), "the distillation is measured against its twin");
     assert!(md.contains("| **student** (shipped, BN folded) |"));
+    assert!(md.contains("Shipped as `models/student`"), "the conclusion names the shipped model");
     assert!(md.contains("](pareto.png)"));
     // The copy's links are relative to where it lies.
     let copy = std::fs::read_to_string(dir.path().join("REPORT.md")).unwrap();
