@@ -4,7 +4,7 @@
 # face, wider), then distils the one that is better on PublicTest from the accurate model, and
 # ships the accurate model and the best tiny run on PublicTest to models/ (BN folded).
 # Interrupted runs resume; finished ones are skipped. Records go to results/frontier/.
-# About 1.5 hours on 2 CPU cores; run it in the background:
+# About 2 hours on 2 CPU cores; run it in the background:
 #   nohup scripts/frontier.sh > runs/frontier.log 2>&1 &
 set -euo pipefail
 cd "$(dirname "$0")/.."
