@@ -623,7 +623,8 @@ impl std::fmt::Debug for Net {
 
 /// Channel gates of squeeze-and-excitation from pooled `[N, C]` features.
 fn gate(pooled: &Tensor, squeeze: &nn::Linear, excite: &nn::Linear) -> Tensor {
-    pooled.apply(squeeze).relu().apply(excite)
+    // f32 whatever the features are: the gates are tiny, and their weights are f32.
+    pooled.to_kind(Kind::Float).apply(squeeze).relu().apply(excite)
 }
 
 /// A layer's matrix multiplies in bfloat16 under mixed precision; the output stays bfloat16
@@ -679,7 +680,7 @@ fn forward(layers: &[Built], xs: &Tensor, train: bool, mixed: bool) -> Tensor {
                 let max = gate(&x.amax([2, 3], false), squeeze, excite);
                 let x = &x * (avg + max).sigmoid().unsqueeze(-1).unsqueeze(-1);
                 let maps = Tensor::cat(&[x.mean_dim(1, true, None::<tch::Kind>), x.amax([1], true)], 1);
-                &x * maps.apply(spatial).sigmoid()
+                &x * maps.to_kind(Kind::Float).apply(spatial).sigmoid()
             }
         };
     }

@@ -250,4 +250,15 @@ fn bf16_mixed_precision_trains_and_evaluates_in_f32() {
     assert_eq!(mixed.kind(), tch::Kind::Float);
     let diff = (&mixed - &exact).abs().max().double_value(&[]);
     assert!(diff > 0.0 && diff < 0.1 * exact.abs().max().double_value(&[]).max(1.0), "bf16 differs from f32 by {diff}");
+
+    // Every block type takes bf16 features: attention, residual projections, separable blocks.
+    for attention in [Attention::Se, Attention::Cbam] {
+        let net = ConvNet { widths: vec![8, 16], residual: true, separable: true, attention, reduction: 4, downsample: fer::model::Downsample::Stride, ..Default::default() };
+        let mut c = config_with(&net.layers());
+        c.train.precision = fer::config::Precision::Bf16;
+        let m = Trained::new(&c, tch::Device::Cpu).unwrap();
+        let out = tch::nn::ModuleT::forward_t(&m.net, &x, true);
+        assert_eq!((out.size(), out.kind()), (vec![4, 7], tch::Kind::Float));
+        out.sum(tch::Kind::Float).backward();
+    }
 }
