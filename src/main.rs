@@ -156,7 +156,7 @@ enum Command {
         #[arg(long, default_value_t = 40)]
         batches: usize,
         /// Training arithmetic (step, epoch): f32, or bf16 mixed precision.
-        #[arg(long, default_value = "f32", value_parser = parse_precision)]
+        #[arg(long, value_enum, default_value = "f32")]
         precision: fer::config::Precision,
     },
     /// FLOPs per layer as fvcore counts them, parameters, and the efficiency of a run.
@@ -199,14 +199,6 @@ enum DataCommand {
         #[arg(long, default_value = "fer2013.csv")]
         out: PathBuf,
     },
-}
-
-fn parse_precision(name: &str) -> Result<fer::config::Precision, String> {
-    match name {
-        "f32" => Ok(fer::config::Precision::F32),
-        "bf16" => Ok(fer::config::Precision::Bf16),
-        other => Err(format!("unknown precision `{other}` (f32 or bf16)")),
-    }
 }
 
 fn device(name: &str) -> anyhow::Result<tch::Device> {

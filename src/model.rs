@@ -627,11 +627,11 @@ fn gate(pooled: &Tensor, squeeze: &nn::Linear, excite: &nn::Linear) -> Tensor {
     pooled.to_kind(Kind::Float).apply(squeeze).relu().apply(excite)
 }
 
-/// A layer's matrix multiplies in bfloat16 under mixed precision; the output stays bfloat16
-/// until the network's end (batch norm takes it with its f32 statistics, as under autocast).
-fn bf16(x: &Tensor, f: impl FnOnce(&Tensor, &dyn Fn(&Tensor) -> Tensor) -> Tensor) -> Tensor {
-    let half = |t: &Tensor| t.to_kind(Kind::BFloat16);
-    f(&half(x), &half)
+/// Under mixed precision a layer's inputs and weights go to bfloat16 for its matrix multiply;
+/// the output stays bfloat16 until the network's end (batch norm takes it with its f32
+/// statistics, as under autocast).
+fn bf16(t: &Tensor) -> Tensor {
+    t.to_kind(Kind::BFloat16)
 }
 
 /// The same tensor in channels-last memory order (NHWC strides, NCHW shape): oneDNN's
@@ -647,11 +647,15 @@ fn forward(layers: &[Built], xs: &Tensor, train: bool, mixed: bool) -> Tensor {
     for layer in layers {
         x = match layer {
             // Depthwise convolutions gain nothing from bfloat16 on CPU: they stay in f32.
-            Built::Conv { conv, stride, padding, groups } if mixed && *groups == 1 => bf16(&x, |x, half| {
-                let bias = conv.bs.as_ref().map(half);
-                channels_last(x).conv2d(&half(&conv.ws), bias.as_ref(), [*stride; 2], [*padding; 2], [1, 1], *groups)
-            }),
-            Built::Linear(l) if mixed => bf16(&x, |x, half| x.linear(&half(&l.ws), l.bs.as_ref().map(half).as_ref())),
+            Built::Conv { conv, stride, padding, groups } if mixed && *groups == 1 => channels_last(&bf16(&x)).conv2d(
+                &bf16(&conv.ws),
+                conv.bs.as_ref().map(bf16).as_ref(),
+                [*stride; 2],
+                [*padding; 2],
+                [1, 1],
+                *groups,
+            ),
+            Built::Linear(l) if mixed => bf16(&x).linear(&bf16(&l.ws), l.bs.as_ref().map(bf16).as_ref()),
             Built::Conv { conv, .. } => channels_last(&x.to_kind(Kind::Float)).apply(conv),
             Built::BatchNorm(bn) => x.apply_t(bn, train),
             Built::Relu => x.relu(),

@@ -133,13 +133,15 @@ fn ablation_rows(dir: &Path) -> Vec<PathBuf> {
 /// Writes `REPORT.md` and `report.html` into `inputs.out` (and the copy, if asked for).
 pub fn write(inputs: &ReportInputs) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(&inputs.out)?;
-    let md = render(inputs, &inputs.out)?;
+    let records = Records::load(inputs)?;
+    pareto_plot(&inputs.out.join("pareto.png"), &records.all(), &records.shipped)?;
+    let md = render(inputs, &records, &inputs.out)?;
     let md_path = inputs.out.join("REPORT.md");
     crate::data::write_atomic(&md_path, md.as_bytes())?;
     crate::data::write_atomic(&inputs.out.join("report.html"), html(&md, &inputs.out).as_bytes())?;
     if let Some(copy) = &inputs.copy_to {
         let base = copy.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        crate::data::write_atomic(copy, render(inputs, base)?.as_bytes())?;
+        crate::data::write_atomic(copy, render(inputs, &records, base)?.as_bytes())?;
     }
     Ok(md_path)
 }
@@ -150,19 +152,39 @@ fn load_card(dir: &Path) -> anyhow::Result<Card> {
     Ok(serde_json::from_slice(&bytes)?)
 }
 
-/// The report's Markdown, its links relative to `base`.
-fn render(inputs: &ReportInputs, base: &Path) -> anyhow::Result<String> {
-    let out = base;
-    let shipped: Vec<Card> = inputs.models.iter().map(|d| load_card(d)).collect::<anyhow::Result<_>>()?;
-    let baseline = load_run(&inputs.baseline)?;
-    let ablation_dirs = inputs.ablation.as_deref().map(ablation_rows).unwrap_or_default();
-    let mut others = Vec::new();
-    for d in inputs.runs.iter().chain(&ablation_dirs) {
-        others.push(load_run(d)?);
+/// Everything the report reads, loaded once.
+struct Records {
+    baseline: Run,
+    /// The runs given, then the ablation's rows.
+    others: Vec<Run>,
+    ablation_dirs: Vec<PathBuf>,
+    shipped: Vec<Card>,
+}
+
+impl Records {
+    fn load(inputs: &ReportInputs) -> anyhow::Result<Records> {
+        let ablation_dirs = inputs.ablation.as_deref().map(ablation_rows).unwrap_or_default();
+        Ok(Records {
+            baseline: load_run(&inputs.baseline)?,
+            others: inputs.runs.iter().chain(&ablation_dirs).map(|d| load_run(d)).collect::<anyhow::Result<_>>()?,
+            ablation_dirs,
+            shipped: inputs.models.iter().map(|d| load_card(d)).collect::<anyhow::Result<_>>()?,
+        })
     }
-    // The ablation's rows are the tail of `others`, already loaded.
+
+    /// The baseline, then every other run.
+    fn all(&self) -> Vec<&Run> {
+        std::iter::once(&self.baseline).chain(&self.others).collect()
+    }
+}
+
+/// The report's Markdown, its links relative to `base`.
+fn render(inputs: &ReportInputs, records: &Records, base: &Path) -> anyhow::Result<String> {
+    let out = base;
+    let Records { baseline, others, ablation_dirs, shipped } = records;
+    // The ablation's rows are the tail of `others`.
     let ablation_runs = &others[inputs.runs.len()..];
-    let all: Vec<&Run> = std::iter::once(&baseline).chain(&others).collect();
+    let all = records.all();
     // Model choice on PublicTest only.
     let best = all.iter().copied().max_by(|a, b| a.summary.val_acc.total_cmp(&b.summary.val_acc)).unwrap();
 
@@ -268,7 +290,7 @@ fn render(inputs: &ReportInputs, base: &Path) -> anyhow::Result<String> {
             writeln!(md, "| {} + {:?} TTA ({} views) | {} | {} | {} | {} | {:.2} / {:.5} = **{:.1}** |", s.name, t.kind, t.views, pct(t.val_acc), pct(t.test_acc), t.fvcore_flops, s.params, 100.0 * t.test_acc, t.fvcore_flops as f64 / 1e9, t.efficiency)?;
         }
     }
-    for c in &shipped {
+    for c in shipped {
         writeln!(
             md,
             "| **{}** (shipped, BN folded) | {} | {} | {} | {} | {:.2} / {:.5} = **{:.1}** |",
@@ -305,7 +327,6 @@ fn render(inputs: &ReportInputs, base: &Path) -> anyhow::Result<String> {
         writeln!(md, "\nA shipped model is its run with every batch norm folded into the convolution before it (`fer export`): the same function (checked on PublicTest at export, and by a test on random statistics), without the 2 FLOPs per element that fvcore counts for eval-mode batch norm. Its efficiency uses the folded count.")?;
     }
     let pareto = inputs.out.join("pareto.png");
-    pareto_plot(&pareto, &all, &shipped)?;
     writeln!(md, "\n![accuracy vs GFLOPs]({})\n\nBlue dots are this project's runs (ablation rows by number), orange crosses the shipped models; grey triangles are published reference points, placed by their reported accuracy and an estimate of their fvcore GFLOPs; mini-Xception's 66% is on a random split, not PrivateTest.\n", rel(&pareto, out))?;
 
     // 4. Limitations and conclusions.
@@ -340,7 +361,7 @@ fn render(inputs: &ReportInputs, base: &Path) -> anyhow::Result<String> {
         pct(b.test_acc),
         b.fvcore_flops as f64 / 1e9
     )?;
-    for c in &shipped {
+    for c in shipped {
         writeln!(
             md,
             "Shipped as `models/{}` (batch norm folded): {} on PrivateTest at {:.5} GFLOPs, efficiency {:.1} %/GFLOP.",

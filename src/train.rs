@@ -209,13 +209,13 @@ pub fn train(config: &Config, data: &Dataset, opts: &TrainOptions) -> anyhow::Re
     anyhow::ensure!(!val_faces.is_empty(), "no PublicTest faces in the data");
 
     tch::manual_seed(config.seed as i64);
-    let mut model = Trained::new(config, opts.device)?;
+    let model = Trained::new(config, opts.device)?;
     let mut optimizer = Optimizer::new(&model.vs, &config.train);
     let mut state = RunState::default();
     if opts.resume && state_file.exists() {
         state = serde_json::from_slice(&std::fs::read(&state_file)?)?;
         let tensors: HashMap<String, Tensor> = Tensor::read_safetensors(dir.join(&state.checkpoint))?.into_iter().collect();
-        restore_model(&mut model.vs, &tensors)?;
+        copy_named(&model.vs, &tensors, "model.")?;
         optimizer.load_state(&tensors, state.optimizer_steps)?;
         if !opts.quiet {
             println!("resuming {} after epoch {}", config.name, state.epochs_done);
@@ -379,9 +379,10 @@ fn remove_partial_files(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn restore_model(vs: &mut nn::VarStore, tensors: &HashMap<String, Tensor>) -> anyhow::Result<()> {
+/// Sets every variable of `vs` to the tensor named `prefix` + its name.
+pub fn copy_named(vs: &nn::VarStore, tensors: &HashMap<String, Tensor>, prefix: &str) -> anyhow::Result<()> {
     for (name, mut var) in vs.variables() {
-        let saved = tensors.get(&format!("model.{name}")).ok_or_else(|| anyhow::anyhow!("checkpoint lacks {name}"))?;
+        let saved = tensors.get(&format!("{prefix}{name}")).ok_or_else(|| anyhow::anyhow!("no value for {name}"))?;
         tch::no_grad(|| var.copy_(saved));
     }
     Ok(())

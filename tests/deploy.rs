@@ -1,18 +1,14 @@
 //! Deployment: batch-norm folding, distillation, model export, and the shipped models.
 mod common;
 
-use common::{real_data, synthetic, tiny_config};
+use common::{opts, real_data, synthetic, tiny_config};
 use fer::config::Config;
 use fer::data::Split;
 use fer::export::{export, fold, Card};
 use fer::model::Layer;
-use fer::train::{train, TrainOptions, Trained};
+use fer::train::{train, Trained};
 use std::path::Path;
 use tch::{Kind, Tensor};
-
-fn opts(runs: &Path) -> TrainOptions {
-    TrainOptions { runs_dir: runs.to_path_buf(), quiet: true, ..Default::default() }
-}
 
 /// A model of `model_toml` whose batch norms hold trained-looking, non-trivial statistics.
 fn with_random_batch_norms(model_toml: &str) -> Trained {

@@ -1,6 +1,6 @@
 mod common;
 
-use common::{csv_text, synthetic, tiny_config};
+use common::{csv_text, opts, synthetic, tiny_config};
 use fer::data::Split;
 use fer::train::{train, EpochMetrics, TrainOptions, Trained};
 use std::path::Path;
@@ -17,10 +17,6 @@ fn metrics(dir: &Path) -> Vec<EpochMetrics> {
 /// Metrics without the wall-clock time, which legitimately differs between runs.
 fn numbers(m: &[EpochMetrics]) -> Vec<(usize, f64, f64, f64, f64)> {
     m.iter().map(|m| (m.epoch, m.train_loss, m.train_acc, m.val_loss, m.val_acc)).collect()
-}
-
-fn opts(runs: &Path) -> TrainOptions {
-    TrainOptions { runs_dir: runs.to_path_buf(), quiet: true, ..Default::default() }
 }
 
 #[test]

@@ -62,6 +62,11 @@ pub fn real_data() -> Option<PathBuf> {
     }
 }
 
+/// Quiet training into `runs`.
+pub fn opts(runs: &Path) -> fer::train::TrainOptions {
+    fer::train::TrainOptions { runs_dir: runs.to_path_buf(), quiet: true, ..Default::default() }
+}
+
 /// A small network that trains in well under a second per epoch on synthetic data.
 pub const TINY_NET: &str = r#"
 [model]
