@@ -109,7 +109,16 @@ impl Dataset {
         for &i in &idx {
             pixels.extend_from_slice(self.image(i));
         }
-        Faces { pixels, labels: idx.iter().map(|&i| self.labels[i]).collect() }
+        let twin_in_training = if split == Split::Training { Vec::new() } else { self.twins_in_training(&idx) };
+        Faces { pixels, labels: idx.iter().map(|&i| self.labels[i]).collect(), twin_in_training }
+    }
+
+    /// For each face of `idx`, whether a Training face has exactly its pixels: a model may have
+    /// memorised the answer (FER-2013 holds 278 such PrivateTest faces).
+    pub fn twins_in_training(&self, idx: &[usize]) -> Vec<bool> {
+        let training: std::collections::HashSet<&[u8]> =
+            self.indices(Split::Training).into_iter().map(|i| self.image(i)).collect();
+        idx.iter().map(|&i| training.contains(self.image(i))).collect()
     }
 
     /// Counts per split and class: `counts[split][class]`.
@@ -127,6 +136,9 @@ impl Dataset {
 pub struct Faces {
     pub pixels: Vec<u8>,
     pub labels: Vec<u8>,
+    /// Per face, whether Training holds a pixel-identical twin (empty when unknown, and for
+    /// Training itself): evaluations score the faces without one apart, the leak-aware score.
+    pub twin_in_training: Vec<bool>,
 }
 
 impl Faces {

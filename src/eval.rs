@@ -105,6 +105,34 @@ pub struct Evaluation {
     /// `confusion[true][predicted]`.
     pub confusion: [[u64; NUM_CLASSES]; NUM_CLASSES],
     pub per_class: Vec<ClassScores>,
+    /// The leak-aware score: accuracy over the faces with no pixel-identical twin in Training.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unseen: Option<UnseenScore>,
+}
+
+/// Accuracy over the faces of a split that Training does not hold pixel for pixel.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UnseenScore {
+    pub faces: usize,
+    pub accuracy: f64,
+}
+
+/// Scores logits against the faces' labels, and apart over the faces without a Training twin
+/// where the faces say which those are.
+pub fn evaluate_faces(logits: &Tensor, faces: &Faces) -> Evaluation {
+    let mut eval = evaluate(logits, &faces.labels);
+    if !faces.twin_in_training.is_empty() {
+        let predicted: Vec<i64> = Vec::try_from(logits.argmax(-1, false)).unwrap_or_default();
+        let (mut n, mut correct) = (0usize, 0usize);
+        for ((&twin, &label), &p) in faces.twin_in_training.iter().zip(&faces.labels).zip(&predicted) {
+            if !twin {
+                n += 1;
+                correct += (p == label as i64) as usize;
+            }
+        }
+        eval.unseen = Some(UnseenScore { faces: n, accuracy: if n == 0 { 0.0 } else { correct as f64 / n as f64 } });
+    }
+    eval
 }
 
 /// Scores logits against labels.
@@ -136,6 +164,7 @@ pub fn evaluate(logits: &Tensor, labels: &[u8]) -> Evaluation {
         loss,
         confusion,
         per_class,
+        unseen: None,
     }
 }
 
@@ -164,8 +193,17 @@ impl Evaluation {
             cells.extend(row.iter().map(|v| v.to_string()));
             confusion.add_row(cells);
         }
+        let unseen = match self.unseen {
+            Some(u) => format!(
+                "\nleak-aware: {:.2}% on the {} faces with no pixel-identical twin in Training ({} have one)",
+                100.0 * u.accuracy,
+                u.faces,
+                self.samples - u.faces
+            ),
+            None => String::new(),
+        };
         format!(
-            "accuracy {:.2}% ({} faces), loss {:.4}\n\n{scores}\n\nconfusion matrix (rows: true class)\n{confusion}\n",
+            "accuracy {:.2}% ({} faces), loss {:.4}{unseen}\n\n{scores}\n\nconfusion matrix (rows: true class)\n{confusion}\n",
             100.0 * self.accuracy,
             self.samples,
             self.loss
@@ -212,5 +250,13 @@ mod tests {
         let p_right = (5f64.exp()) / (5f64.exp() + 6.0);
         let expect = -(2.0 * p_right.ln() + (1.0 / (5f64.exp() + 6.0)).ln()) / 3.0;
         assert!((e.loss - expect).abs() < 1e-5, "{} vs {expect}", e.loss);
+        assert_eq!(e.unseen, None, "no twin information, no leak-aware score");
+
+        // The same faces, the first (right) one with a twin in Training: 1 of the other 2 right.
+        let faces = Faces { pixels: vec![0; 3 * crate::data::PIXELS], labels: vec![0, 3, 3], twin_in_training: vec![true, false, false] };
+        let e = evaluate_faces(&logits, &faces);
+        assert!((e.accuracy - 2.0 / 3.0).abs() < 1e-9);
+        assert_eq!(e.unseen, Some(UnseenScore { faces: 2, accuracy: 0.5 }));
+        assert!(e.tables().contains("50.00% on the 2 faces"), "{}", e.tables());
     }
 }

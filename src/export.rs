@@ -36,6 +36,12 @@ pub struct Card {
     pub val_acc: f64,
     /// PrivateTest, scored once when the run finished (the folded model computes the same).
     pub test_acc: f64,
+    /// The leak-aware score: PrivateTest accuracy over the faces with no pixel-identical twin in
+    /// Training, from the same single evaluation.
+    #[serde(default)]
+    pub test_acc_unseen: Option<f64>,
+    #[serde(default)]
+    pub test_unseen_faces: Option<usize>,
     /// test accuracy in % per fvcore GFLOP of the folded model.
     pub efficiency: f64,
     /// PublicTest accuracy of the folded model, measured at export (None without the data).
@@ -92,6 +98,8 @@ pub fn export(run: &Path, out: &Path, data: Option<&Dataset>) -> anyhow::Result<
         params: param_count(&folded.vs),
         val_acc: summary.val_acc,
         test_acc: summary.test_acc,
+        test_acc_unseen: summary.test_acc_unseen,
+        test_unseen_faces: summary.test_unseen_faces,
         efficiency: crate::flops::efficiency(100.0 * summary.test_acc, flops.fvcore_total),
         folded_val_acc,
         seed: summary.seed,
@@ -122,6 +130,13 @@ pub fn card_markdown(card: &Card, train_config: &Config) -> String {
     let rows = [
         ("PublicTest accuracy (model selection)", pct(card.val_acc)),
         ("PrivateTest accuracy (scored once)", pct(card.test_acc)),
+        (
+            "leak-aware PrivateTest accuracy (faces with no pixel-identical twin in Training)",
+            match (card.test_acc_unseen, card.test_unseen_faces) {
+                (Some(acc), Some(n)) => format!("{} ({n} faces)", pct(acc)),
+                _ => "not recorded".into(),
+            },
+        ),
         ("fvcore FLOPs, one forward pass (BN folded)", format!("{} ({:.5} GFLOPs)", card.fvcore_flops, card.fvcore_flops as f64 / 1e9)),
         ("fvcore FLOPs before folding", card.fvcore_flops_unfolded.to_string()),
         ("efficiency (PrivateTest % / GFLOP)", format!("{:.1}", card.efficiency)),
@@ -143,6 +158,6 @@ pub fn card_markdown(card: &Card, train_config: &Config) -> String {
     md += &format!("./fer eval --model models/{} --split PrivateTest\n```\n\n", card.name);
     md += &format!("## Reproduce\n\n```sh\n{}\n```\n\n", card.reproduce);
     md += &format!("## Training config (`train.toml`)\n\n```toml\n{}```\n\n", train_config.to_toml());
-    md += "## Limitations\n\nThe shared Training faces are blurred and the test faces are not (`fer data stats`); the model blurs every face at evaluation to match (`eval_blur`), which caps what it can see. Accuracy is per the PrivateTest split of FER-2013; faces from other sources (other crops, lighting, ages, ethnic groups) will score differently. Expression is not emotion.\n";
+    md += "## Limitations\n\nAccuracy is per the PrivateTest split of FER-2013; faces from other sources (other crops, lighting, ages, ethnic groups) will score differently. FER-2013's labels are noisy (57 groups of identical faces carry conflicting labels), and some PrivateTest faces have pixel-identical twins in Training: the leak-aware accuracy leaves those out. Expression is not emotion.\n";
     md
 }

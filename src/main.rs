@@ -51,6 +51,9 @@ enum Command {
         /// Distil from this trained run or model folder (sets the config's train.teacher).
         #[arg(long)]
         teacher: Option<PathBuf>,
+        /// Train with this seed instead of the config's; the run is named <name>-seed<N>.
+        #[arg(long)]
+        seed: Option<u64>,
     },
     /// Write REPORT.md and a self-contained report.html from run records.
     Report {
@@ -60,9 +63,12 @@ enum Command {
         /// Other run folders to include.
         #[arg(long)]
         run: Vec<PathBuf>,
-        /// An ablation's output folder (table and row records).
+        /// An ablation's output folder (table and row records); repeat for cumulative and one-off.
         #[arg(long)]
-        ablation: Option<PathBuf>,
+        ablation: Vec<PathBuf>,
+        /// Records of one recipe trained again with other seeds (`fer train --seed N`): the noise.
+        #[arg(long)]
+        seed_run: Vec<PathBuf>,
         /// `fer data stats` JSON.
         #[arg(long)]
         data_stats: Option<PathBuf>,
@@ -224,8 +230,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         tch::set_num_threads(n);
     }
     match cli.command {
-        Command::Train { config, resume, fresh, runs, epochs, device: dev, record, teacher } => {
+        Command::Train { config, resume, fresh, runs, epochs, device: dev, record, teacher, seed } => {
             let mut cfg = Config::load(&config)?;
+            if let Some(s) = seed {
+                cfg.seed = s;
+                cfg.name = format!("{}-seed{s}", cfg.name);
+            }
             if let Some(e) = epochs {
                 cfg.train.epochs = e;
             }
@@ -240,8 +250,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("record copied to {}", dest.display());
             }
         }
-        Command::Report { baseline, run, ablation, data_stats, figure, out, model, copy_to } => {
-            let inputs = fer::report::ReportInputs { baseline, runs: run, ablation, data_stats, figures: figure, out, models: model, copy_to };
+        Command::Report { baseline, run, ablation, seed_run, data_stats, figure, out, model, copy_to } => {
+            let inputs = fer::report::ReportInputs {
+                baseline,
+                runs: run,
+                ablations: ablation,
+                seed_runs: seed_run,
+                data_stats,
+                figures: figure,
+                out,
+                models: model,
+                copy_to,
+            };
             let path = fer::report::write(&inputs)?;
             println!("wrote {} and report.html beside it", path.display());
         }

@@ -33,12 +33,14 @@ pub fn training_curves(dir: &Path, history: &[EpochMetrics]) -> anyhow::Result<(
     line_chart(
         &dir.join("accuracy.png"),
         "Accuracy",
+        "epoch",
         "accuracy (%)",
         &[("train", pick(|m| 100.0 * m.train_acc)), ("validation (PublicTest)", pick(|m| 100.0 * m.val_acc))],
     )?;
     line_chart(
         &dir.join("loss.png"),
         "Cross-entropy loss",
+        "epoch",
         "loss",
         &[("train", pick(|m| m.train_loss)), ("validation (PublicTest)", pick(|m| m.val_loss))],
     )
@@ -53,8 +55,8 @@ const PALETTE: [RGBColor; 6] = [
     RGBColor(140, 86, 75),
 ];
 
-/// A line chart of several named series against epoch.
-pub fn line_chart(path: &Path, title: &str, y_label: &str, series: &[(&str, Vec<(f64, f64)>)]) -> anyhow::Result<()> {
+/// A line chart of several named series.
+pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[(&str, Vec<(f64, f64)>)]) -> anyhow::Result<()> {
     register_font();
     let points = series.iter().flat_map(|(_, s)| s.iter());
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
@@ -76,7 +78,7 @@ pub fn line_chart(path: &Path, title: &str, y_label: &str, series: &[(&str, Vec<
         .map_err(err)?;
     chart
         .configure_mesh()
-        .x_desc("epoch")
+        .x_desc(x_label)
         .y_desc(y_label)
         .label_style((FONT, 15))
         .axis_desc_style((FONT, 17))

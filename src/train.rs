@@ -16,7 +16,7 @@ use crate::data::{write_atomic, Dataset, Faces, Split, NUM_CLASSES};
 use crate::loss::Loss;
 use crate::optim::Schedule;
 use std::sync::Arc;
-use crate::eval::{evaluate, logits, Evaluation};
+use crate::eval::{evaluate_faces, logits, Evaluation};
 use crate::model::{param_count, Net};
 use crate::optim::Optimizer;
 
@@ -38,6 +38,8 @@ pub struct TtaScore {
     pub views: usize,
     pub val_acc: f64,
     pub test_acc: f64,
+    #[serde(default)]
+    pub test_acc_unseen: Option<f64>,
     pub fvcore_flops: i64,
     pub efficiency: f64,
 }
@@ -79,6 +81,12 @@ pub struct Summary {
     /// PrivateTest, measured once, on the checkpoint that was best on PublicTest.
     pub test_acc: f64,
     pub test_loss: f64,
+    /// The leak-aware score: PrivateTest accuracy over the faces with no pixel-identical twin
+    /// in Training (same single evaluation, a subset of its faces).
+    #[serde(default)]
+    pub test_acc_unseen: Option<f64>,
+    #[serde(default)]
+    pub test_unseen_faces: Option<usize>,
     pub params: i64,
     pub fvcore_flops: i64,
     /// test accuracy in % per fvcore GFLOP.
@@ -165,11 +173,11 @@ impl Trained {
     }
 
     pub fn evaluate(&self, faces: &Faces) -> Evaluation {
-        evaluate(&self.logits(faces), &faces.labels)
+        evaluate_faces(&self.logits(faces), faces)
     }
 
     pub fn evaluate_with(&self, faces: &Faces, tta: Tta) -> Evaluation {
-        evaluate(&self.logits_with(faces, tta), &faces.labels)
+        evaluate_faces(&self.logits_with(faces, tta), faces)
     }
 }
 
@@ -422,12 +430,14 @@ fn finish(config: &Config, data: &Dataset, dir: &Path, state: &RunState, opts: &
     let tta = config.train.tta;
     let tta = (tta != Tta::None).then(|| {
         let views = tta.views();
-        let test_acc = model.evaluate_with(&test_faces, tta).accuracy;
+        let test = model.evaluate_with(&test_faces, tta);
+        let test_acc = test.accuracy;
         TtaScore {
             kind: tta,
             views,
             val_acc: model.evaluate_with(&val_faces, tta).accuracy,
             test_acc,
+            test_acc_unseen: test.unseen.map(|u| u.accuracy),
             fvcore_flops: flops.fvcore_total * views as i64,
             efficiency: crate::flops::efficiency(100.0 * test_acc, flops.fvcore_total * views as i64),
         }
@@ -441,6 +451,8 @@ fn finish(config: &Config, data: &Dataset, dir: &Path, state: &RunState, opts: &
         val_loss: val.1,
         test_acc: test.accuracy,
         test_loss: test.loss,
+        test_acc_unseen: test.unseen.map(|u| u.accuracy),
+        test_unseen_faces: test.unseen.map(|u| u.faces),
         params: param_count(&model.vs),
         fvcore_flops: flops.fvcore_total,
         efficiency: crate::flops::efficiency(100.0 * test.accuracy, flops.fvcore_total),
@@ -458,11 +470,12 @@ fn finish(config: &Config, data: &Dataset, dir: &Path, state: &RunState, opts: &
     crate::plot::confusion_matrix(&dir.join("confusion_test.png"), &test, "PrivateTest")?;
     if !opts.quiet {
         println!(
-            "{}: best epoch {} (PublicTest {:.2}%), PrivateTest {:.2}%, {:.4} GFLOPs, efficiency {:.1} %/GFLOP",
+            "{}: best epoch {} (PublicTest {:.2}%), PrivateTest {:.2}% ({:.2}% leak-aware), {:.4} GFLOPs, efficiency {:.1} %/GFLOP",
             config.name,
             summary.best_epoch,
             100.0 * summary.val_acc,
             100.0 * summary.test_acc,
+            100.0 * summary.test_acc_unseen.unwrap_or(f64::NAN),
             flops.gflops(),
             summary.efficiency
         );

@@ -4,6 +4,10 @@ use common::{csv_text, real_data, synthetic, write_folder};
 use fer::data::{self, parse_csv, read_folder, Split, PIXELS};
 use std::path::Path;
 
+/// PrivateTest and PublicTest faces of the real data with a pixel-identical twin in Training.
+const LEAKED_PRIVATE: usize = 288;
+const LEAKED_PUBLIC: usize = 280;
+
 fn row(label: &str, pixels: &str, usage: &str) -> String {
     format!("emotion,pixels,Usage\n{label},{pixels},{usage}\n")
 }
@@ -228,4 +232,39 @@ fn stats_flag_splits_of_different_sharpness() {
     // A 3x3 box has the variance of a Gaussian of sigma sqrt(2/3) = 0.82.
     let sigma = s.training_blur_sigma.expect("Training is smoother");
     assert!((0.6..1.1).contains(&sigma), "estimated blur {sigma}");
+}
+
+#[test]
+fn faces_with_a_twin_in_training_are_marked() {
+    let mut d = synthetic([7, 7, 7], 12);
+    // PrivateTest face 0 (index 14) becomes a copy of Training face 3: a leaked face.
+    let copy = d.image(3).to_vec();
+    d.pixels[14 * PIXELS..15 * PIXELS].copy_from_slice(&copy);
+    let private = d.split(Split::PrivateTest);
+    assert_eq!(private.twin_in_training, [true, false, false, false, false, false, false]);
+    assert!(d.split(Split::PublicTest).twin_in_training.iter().all(|t| !t));
+    assert!(d.split(Split::Training).twin_in_training.is_empty(), "not defined for Training itself");
+}
+
+#[test]
+fn real_data_exports_the_original_csv_and_has_leaked_test_faces() {
+    let Some(root) = real_data() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("fer2013.csv");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_fer"))
+        .args(["--data", &root.display().to_string(), "data", "export-csv", "--out", &out.display().to_string()])
+        .env("FER_CACHE", dir.path().join("cache"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let bytes = std::fs::read(&out).unwrap();
+    assert_eq!(bytes.len(), 301_072_766);
+    use md5::Digest;
+    let digest = format!("{:x}", md5::Md5::digest(&bytes));
+    assert_eq!(digest, "f8428a1edbd21e88f42c73edd2a14f95", "the checksum torchvision expects of fer2013.csv");
+
+    let data = read_folder(&root).unwrap();
+    let leaked = |split| data.split(split).twin_in_training.iter().filter(|&&t| t).count();
+    assert_eq!(leaked(Split::PrivateTest), LEAKED_PRIVATE);
+    assert_eq!(leaked(Split::PublicTest), LEAKED_PUBLIC);
 }

@@ -33,6 +33,18 @@ fn ablation_then_report_from_run_records() {
     // A second call finds every row finished and trains nothing: same table.
     let again = fer::ablate::run(&ablation, &tiny_config("abl-base", 2), &data, &runs, &out).unwrap();
     assert_eq!(table, again);
+    // So does a call whose runs/ folder is gone: the rows' records are enough.
+    let elsewhere = dir.path().join("runs-elsewhere");
+    assert_eq!(table, fer::ablate::run(&ablation, &tiny_config("abl-base", 2), &data, &elsewhere, &out).unwrap());
+    assert!(!elsewhere.join("abl").exists(), "nothing was retrained");
+    // The same methods one at a time, and the last row again with another seed (the noise).
+    let one_off = AblationFile { name: "abl-one-off".into(), mode: Mode::OneOff, ..ablation.clone() };
+    let out_one_off = dir.path().join("results/abl-one-off");
+    fer::ablate::run(&one_off, &tiny_config("abl-base", 2), &data, &runs, &out_one_off).unwrap();
+    let mut reseeded = ablation.rows(&tiny_config("abl-base", 2)).unwrap().pop().unwrap().config;
+    reseeded.seed = 5;
+    reseeded.name += "-seed5";
+    train(&reseeded, &data, &opts).unwrap();
 
     // Beyond the ablation: a run distilled from the baseline, its twin without the teacher,
     // and the student shipped as a model folder.
@@ -46,7 +58,8 @@ fn ablation_then_report_from_run_records() {
     let inputs = fer::report::ReportInputs {
         baseline: runs.join("base"),
         runs: vec![runs.join("student"), runs.join("plain")],
-        ablation: Some(out.clone()),
+        ablations: vec![out.clone(), out_one_off.clone()],
+        seed_runs: vec![runs.join("02-smoothing+flip-seed5")],
         data_stats: None,
         figures: vec![],
         out: dir.path().join("report"),
@@ -62,6 +75,14 @@ fn ablation_then_report_from_run_records() {
     assert!(md.contains(&format!("{:.2}%", 100.0 * baseline.test_acc)));
     assert!(md.contains(&format!("= **{:.1}**", baseline.efficiency)));
     assert!(md.contains("| 01-smoothing | Y | N |"));
+    // Leak-aware beside PrivateTest; what each method bought, three ways; the seed noise.
+    assert!(md.contains("PrivateTest (leak-aware)"), "{md}");
+    assert!(md.contains("| method | added to the rows before it | alone, against the base | removed from all, against all |"));
+    assert!(md.contains("**Seed noise.** `02-smoothing+flip` trained with seeds 5, 7"), "{md}");
+    assert_eq!(md.matches("| smoothing | +").count(), 2, "one effects row per ablation");
+    // Time to accuracy: a table and a plot.
+    assert!(md.contains("### Time to accuracy") && md.contains("](time_to_accuracy.png)"));
+    assert!(dir.path().join("report/time_to_accuracy.png").is_file());
     assert!(md.contains("Distillation (`student` against `plain`"), "the distillation is measured against its twin");
     assert!(md.contains("| **student** (shipped, BN folded) |"));
     assert!(md.contains("Shipped as `models/student`"), "the conclusion names the shipped model");
