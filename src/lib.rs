@@ -12,6 +12,7 @@ pub mod config;
 pub mod data;
 pub mod eval;
 pub mod export;
+pub mod face;
 pub mod flops;
 pub mod loss;
 pub mod model;
