@@ -11,3 +11,13 @@ if [ ! -f "$FER_PY/torch/lib/libtorch_cpu.so" ]; then
 fi
 export LIBTORCH="$FER_PY/torch"
 export LIBTORCH_CXX11_ABI=1
+# Videos go through ffmpeg: install it where it is missing and we may (CI runs as root).
+if ! command -v ffmpeg >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "fer: installing ffmpeg (Debian package, for videos) ..." >&2
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg; } >/dev/null 2>&1 \
+            || echo "fer: could not install ffmpeg: videos will not work" >&2
+    else
+        echo "fer: ffmpeg is missing, so videos will not work (sudo apt-get install ffmpeg)" >&2
+    fi
+fi

@@ -15,6 +15,7 @@ pub mod export;
 pub mod face;
 pub mod flops;
 pub mod loss;
+pub mod media;
 pub mod model;
 pub mod optim;
 pub mod plot;

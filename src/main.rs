@@ -94,6 +94,11 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Face detection: calibrate the FER-2013 framing.
+    Detect {
+        #[command(subcommand)]
+        command: DetectCommand,
+    },
     /// Inspect the data set: statistics, figures, CSV export.
     Data {
         #[command(subcommand)]
@@ -122,22 +127,46 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Label image files, or draw a grid of random test faces with their predictions.
+    /// Find and label every face in photos, folders, videos or standard input (`-`); or draw a
+    /// grid of random test faces with their predictions.
     Predict {
-        /// Image files (any size or colour: converted to 48x48 grayscale).
-        files: Vec<PathBuf>,
-        /// Instead of files: this many random PrivateTest faces, drawn into a PNG grid.
-        #[arg(long, conflicts_with = "files")]
+        /// Images (any common format), videos (through ffmpeg), folders (searched recursively),
+        /// or `-` for an image on standard input.
+        inputs: Vec<PathBuf>,
+        /// Instead of inputs: this many random PrivateTest faces, drawn into a PNG grid.
+        #[arg(long, conflicts_with = "inputs")]
         random: Option<usize>,
         #[arg(long)]
         model: Option<PathBuf>,
+        /// Each image is one face, already cropped: no detection (automatic for 48x48 grayscale).
+        #[arg(long)]
+        no_detect: bool,
+        /// Smallest face the detector searches for, in pixels.
+        #[arg(long, default_value_t = 40.0)]
+        min_face: f64,
+        /// Output: an aligned table, JSON lines or CSV (one line per face).
+        #[arg(long, value_enum, default_value = "table")]
+        format: fer::predict::Format,
+        /// Same as --format json.
+        #[arg(long, conflicts_with = "format")]
+        json: bool,
+        /// Same as --format csv.
+        #[arg(long, conflicts_with_all = ["format", "json"])]
+        csv: bool,
+        /// Write annotated copies here (images as PNG, videos as MP4, plus a summary plot per video).
+        #[arg(long)]
+        annotate: Option<PathBuf>,
+        /// Videos: look at every Nth frame.
+        #[arg(long, default_value_t = 10, conflicts_with = "every_seconds")]
+        every: u32,
+        /// Videos: look at one frame every this many seconds instead.
+        #[arg(long)]
+        every_seconds: Option<f64>,
         /// Where the grid of --random goes.
         #[arg(long, default_value = "runs/predictions.png")]
         out: PathBuf,
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        #[arg(long)]
-        json: bool,
     },
     /// The main job: data stats, train the baseline (or resume it), evaluate, count FLOPs, predict.
     Pipeline {
@@ -173,6 +202,20 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DetectCommand {
+    /// Measure where FER-2013's 48x48 frame lies around the detector's box (medians over many
+    /// faces) and write it where `fer predict` reads it (compiled in: rebuild after).
+    Calibrate {
+        #[arg(long, default_value_t = 2000)]
+        faces: usize,
+        #[arg(long, default_value = "Training")]
+        split: String,
+        #[arg(long, default_value = "models/detector/framing.json")]
+        out: PathBuf,
     },
 }
 
@@ -271,6 +314,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let data = fer::data::load(&cli.data)?;
             println!("{}", fer::ablate::run(&ablation, &base, &data, &runs, &out)?);
         }
+        Command::Detect { command: DetectCommand::Calibrate { faces, split, out } } => {
+            let split = Split::parse(&split).ok_or_else(|| anyhow::anyhow!("unknown split `{split}`"))?;
+            let data = fer::data::load(&cli.data)?;
+            let detector = fer::face::detect::FaceDetector::new(Default::default())?;
+            let bar = fer::train::progress(faces, "calibrating", false);
+            let framing = fer::face::frame::calibrate(&data, split, faces, &detector, &bar)?;
+            bar.finish_and_clear();
+            fer::data::write_atomic(&out, (serde_json::to_string_pretty(&framing)? + "\n").as_bytes())?;
+            println!(
+                "the detector found {} of {} {split} faces; FER frame = {:.3} x box width, centre offset ({:+.3}, {:+.3}) box widths; written to {}",
+                framing.faces_found,
+                framing.faces_tried,
+                framing.side,
+                framing.dx,
+                framing.dy,
+                out.display()
+            );
+        }
         Command::Data { command: DataCommand::Stats { out, json } } => {
             let data = fer::data::load(&cli.data)?;
             let stats = fer::stats::write(&data, &out, 8)?;
@@ -325,18 +386,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 out.display()
             );
         }
-        Command::Predict { files, random, model, out, seed, json } => {
+        Command::Predict { inputs, random, model, no_detect, min_face, format, json, csv, annotate, every, every_seconds, out, seed } => {
             let dir = model.map_or_else(fer::predict::default_model, Ok)?;
             let trained = Trained::load(&dir, tch::Device::Cpu)?;
-            match random {
-                Some(n) => {
-                    let data = fer::data::load(&cli.data)?;
-                    let acc = fer::predict::random_grid(&trained, &data, Split::PrivateTest, n, seed, &out)?;
-                    println!("{n} random PrivateTest faces, {:.0}% right: {}", 100.0 * acc, out.display());
-                }
-                None if files.is_empty() => anyhow::bail!("give image files, or --random N"),
-                None => fer::predict::files(&trained, &files, json)?,
+            if let Some(n) = random {
+                let data = fer::data::load(&cli.data)?;
+                let acc = fer::predict::random_grid(&trained, &data, Split::PrivateTest, n, seed, &out)?;
+                println!("{n} random PrivateTest faces, {:.0}% right: {}", 100.0 * acc, out.display());
+                return Ok(());
             }
+            let options = fer::face::detect::DetectorOptions { min_face, ..Default::default() };
+            let pipeline = fer::face::Pipeline::new(trained, options)?;
+            let format = if json { fer::predict::Format::Json } else if csv { fer::predict::Format::Csv } else { format };
+            let sampling = match every_seconds {
+                Some(t) if t > 0.0 => fer::media::Sampling::EverySeconds(t),
+                Some(t) => anyhow::bail!("--every-seconds must be positive, not {t}"),
+                None => fer::media::Sampling::EveryNth(every.max(1)),
+            };
+            let opts = fer::predict::PredictOptions { detect: !no_detect, format, annotate, sampling, quiet: false };
+            fer::predict::run(&pipeline, &inputs, &opts)?;
         }
         Command::Pipeline { config, runs } => {
             let cfg = Config::load(&config)?;

@@ -6,7 +6,7 @@ use plotters::style::{FontStyle, RGBColor};
 use std::path::Path;
 use std::sync::Once;
 
-use crate::data::{CLASSES, SIDE};
+use crate::data::{CLASSES, NUM_CLASSES, SIDE};
 use crate::eval::Evaluation;
 use crate::train::EpochMetrics;
 
@@ -184,5 +184,108 @@ pub fn face_grid(path: &Path, title: &str, tiles: &[Tile], cols: usize) -> anyho
         root.present().map_err(err)?;
     }
     image::save_buffer(path, &buf, w as u32, h as u32, image::ExtendedColorType::Rgb8)?;
+    Ok(())
+}
+
+/// One colour per class, in label order.
+pub const CLASS_COLORS: [RGBColor; NUM_CLASSES] = [
+    RGBColor(214, 39, 40),   // angry
+    RGBColor(140, 86, 75),   // disgust
+    RGBColor(148, 103, 189), // fear
+    RGBColor(255, 190, 0),   // happy
+    RGBColor(31, 119, 180),  // sad
+    RGBColor(44, 160, 44),   // surprise
+    RGBColor(127, 127, 127), // neutral
+];
+
+/// Draws each face's box, label and probabilities onto the image.
+pub fn annotate(image: &mut image::RgbImage, faces: &[crate::face::FaceResult]) -> anyhow::Result<()> {
+    register_font();
+    let (w, h) = image.dimensions();
+    let root = BitMapBackend::with_buffer(image.as_mut(), (w, h)).into_drawing_area();
+    for (i, f) in faces.iter().enumerate() {
+        let b = f.bbox;
+        let color = CLASS_COLORS[crate::face::argmax(&f.probabilities)];
+        let thick = ((b.w / 40.0).round() as u32).clamp(2, 8);
+        let (x0, y0, x1, y1) = (b.x as i32, b.y as i32, (b.x + b.w) as i32, (b.y + b.h) as i32);
+        root.draw(&Rectangle::new([(x0, y0), (x1, y1)], color.stroke_width(thick))).map_err(err)?;
+        // The label above the box; the three likeliest classes below it, as bars.
+        let size = (b.w / 4.0).clamp(12.0, 48.0);
+        let label = format!("{} {}", i, f.label);
+        let text_y = (y0 - size as i32 - 4).max(0);
+        root.draw(&Rectangle::new([(x0, text_y), (x0 + (label.len() as f64 * size * 0.55) as i32, text_y + size as i32 + 2)], color.filled())).map_err(err)?;
+        root.draw(&Text::new(label, (x0 + 2, text_y), (FONT, size).into_font().color(&BLACK))).map_err(err)?;
+        let mut order: Vec<usize> = (0..NUM_CLASSES).collect();
+        order.sort_by(|&a, &c| f.probabilities[c].total_cmp(&f.probabilities[a]));
+        let line = (size * 0.6).max(10.0);
+        for (k, &c) in order[..3].iter().enumerate() {
+            let y = y1 + 3 + (k as f64 * (line + 3.0)) as i32;
+            let len = (b.w * f.probabilities[c] as f64) as i32;
+            root.draw(&Rectangle::new([(x0, y), (x0 + len.max(1), y + line as i32)], CLASS_COLORS[c].mix(0.85).filled())).map_err(err)?;
+            let text = format!("{} {:.2}", CLASSES[c], f.probabilities[c]);
+            root.draw(&Text::new(text, (x0 + 2, y), (FONT, line).into_font().color(&BLACK))).map_err(err)?;
+        }
+    }
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+/// A video's emotions over time: each class's probability for the largest face of every
+/// sampled frame (frames without a face leave a gap), and the share of frames per label.
+pub fn emotion_timeline(path: &Path, name: &str, timeline: &[(f64, Option<[f32; NUM_CLASSES]>)]) -> anyhow::Result<()> {
+    register_font();
+    let t1 = timeline.last().map_or(1.0, |t| t.0).max(1e-3);
+    let with_face: Vec<usize> = timeline.iter().filter_map(|(_, p)| p.as_ref().map(crate::face::argmax)).collect();
+    let root = BitMapBackend::new(path, (1000, 520)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let (left, right) = root.split_horizontally(760);
+    let mut chart = ChartBuilder::on(&left)
+        .caption(format!("{name}: expression of the largest face over time"), (FONT, 18))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0.0..t1, 0.0..1.0)
+        .map_err(err)?;
+    chart.configure_mesh().x_desc("time (s)").y_desc("probability").label_style((FONT, 13)).draw().map_err(err)?;
+    for c in 0..NUM_CLASSES {
+        // One line per run of frames with a face.
+        let mut runs: Vec<Vec<(f64, f64)>> = vec![Vec::new()];
+        for (t, p) in timeline {
+            match p {
+                Some(p) => runs.last_mut().unwrap().push((*t, p[c] as f64)),
+                None if !runs.last().unwrap().is_empty() => runs.push(Vec::new()),
+                None => {}
+            }
+        }
+        let color = CLASS_COLORS[c];
+        for (k, run) in runs.into_iter().filter(|r| !r.is_empty()).enumerate() {
+            let series = chart.draw_series(LineSeries::new(run, color.stroke_width(2))).map_err(err)?;
+            if k == 0 {
+                series.label(CLASSES[c]).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(3)));
+            }
+        }
+    }
+    chart.configure_series_labels().label_font((FONT, 13)).background_style(WHITE.mix(0.85)).border_style(BLACK).position(SeriesLabelPosition::UpperRight).draw().map_err(err)?;
+    // Share of frames (with a face) per label, as bars.
+    let mut bars = ChartBuilder::on(&right)
+        .caption("share of frames", (FONT, 16))
+        .margin(12)
+        .x_label_area_size(30)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.0..100.0, 0..NUM_CLASSES as i32)
+        .map_err(err)?;
+    bars.configure_mesh()
+        .disable_y_mesh()
+        .y_labels(NUM_CLASSES)
+        .y_label_formatter(&|i| CLASSES.get(*i as usize).map_or(String::new(), |c| c.to_string()))
+        .x_desc("% of frames")
+        .label_style((FONT, 12))
+        .draw()
+        .map_err(err)?;
+    for c in 0..NUM_CLASSES {
+        let share = 100.0 * with_face.iter().filter(|&&l| l == c).count() as f64 / with_face.len().max(1) as f64;
+        bars.draw_series([Rectangle::new([(0.0, c as i32), (share, c as i32 + 1)], CLASS_COLORS[c].filled())]).map_err(err)?;
+    }
+    root.present().map_err(err)?;
     Ok(())
 }

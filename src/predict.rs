@@ -1,10 +1,17 @@
-//! `fer predict`: labels for image files, or a labelled grid of random test faces.
+//! `fer predict`: every face in photos, folders of photos, videos and standard input, found,
+//! framed and classified by the face pipeline; a table, JSON lines or CSV; annotated copies
+//! and per-video summaries on request. Bad inputs are reported by name and skipped.
 
+use image::{DynamicImage, RgbImage};
 use plotters::style::RGBColor;
+use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 use tch::Kind;
 
-use crate::data::{load_any_image, Dataset, Faces, Split, CLASSES, NUM_CLASSES, PIXELS};
+use crate::data::{Dataset, Faces, Split, CLASSES, NUM_CLASSES, PIXELS};
+use crate::face::{argmax, Analysis, FaceResult, Pipeline};
+use crate::media::{self, Sampling};
 use crate::plot::{face_grid, Tile};
 use crate::train::Trained;
 
@@ -24,36 +31,324 @@ pub fn probabilities(model: &Trained, faces: &Faces) -> Vec<[f32; NUM_CLASSES]> 
     flat.chunks(NUM_CLASSES).map(|c| c.try_into().unwrap()).collect()
 }
 
-fn argmax(p: &[f32; NUM_CLASSES]) -> usize {
-    (0..NUM_CLASSES).max_by(|&a, &b| p[a].total_cmp(&p[b])).unwrap()
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Aligned columns, one line per face.
+    Table,
+    /// One JSON object per face and line.
+    Json,
+    Csv,
 }
 
-/// Prints the label and the seven probabilities of each image file.
-pub fn files(model: &Trained, paths: &[PathBuf], json: bool) -> anyhow::Result<()> {
-    let mut faces = Faces::default();
-    let mut notes = Vec::new();
-    for path in paths {
-        let (pixels, note) = load_any_image(path)?;
-        faces.pixels.extend_from_slice(&pixels);
-        faces.labels.push(0);
-        notes.push(note);
+pub struct PredictOptions {
+    /// Find faces first; off: each image is one pre-cropped face.
+    pub detect: bool,
+    pub format: Format,
+    /// Where annotated copies (and per-video summaries) go.
+    pub annotate: Option<PathBuf>,
+    pub sampling: Sampling,
+    pub quiet: bool,
+}
+
+/// Where one face was seen.
+struct Place<'a> {
+    file: &'a str,
+    /// Frame number and time in seconds, for videos.
+    frame: Option<(u64, f64)>,
+    face: usize,
+}
+
+/// The output stream: a table, JSON lines or CSV rows on standard output.
+struct Sink {
+    format: Format,
+    header_written: bool,
+}
+
+const CSV_HEADER: &str = "file,frame,time,face,x,y,w,h,score,label,angry,disgust,fear,happy,sad,surprise,neutral";
+
+impl Sink {
+    /// Writes one face; a closed output (`fer predict ... | head`) ends the program quietly.
+    fn face(&mut self, out: &mut impl Write, at: &Place, r: &FaceResult) -> std::io::Result<()> {
+        match self.write_face(out, at, r) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+            other => other,
+        }
     }
-    let probs = probabilities(model, &faces);
-    for ((path, p), note) in paths.iter().zip(&probs).zip(&notes) {
-        let label = CLASSES[argmax(p)];
-        if json {
-            let by_class: serde_json::Map<String, serde_json::Value> =
-                CLASSES.iter().zip(p).map(|(c, v)| (c.to_string(), (*v as f64).into())).collect();
-            println!("{}", serde_json::json!({"file": path, "label": label, "probabilities": by_class}));
-        } else {
-            let list: Vec<String> = CLASSES.iter().zip(p).map(|(c, v)| format!("{c} {:.3}", v)).collect();
-            println!("{}: {label} ({})", path.display(), list.join(", "));
-            if let Some(n) = note {
-                println!("  note: {n}");
+
+    fn write_face(&mut self, out: &mut impl Write, at: &Place, r: &FaceResult) -> std::io::Result<()> {
+        let b = &r.bbox;
+        match self.format {
+            Format::Json => {
+                let probs: serde_json::Map<String, serde_json::Value> =
+                    CLASSES.iter().zip(&r.probabilities).map(|(c, v)| (c.to_string(), (*v as f64).into())).collect();
+                let line = serde_json::json!({
+                    "file": at.file,
+                    "frame": at.frame.map(|f| f.0),
+                    "time": at.frame.map(|f| f.1),
+                    "face": at.face,
+                    "box": {"x": b.x, "y": b.y, "w": b.w, "h": b.h},
+                    "score": r.score,
+                    "label": r.label,
+                    "probabilities": probs,
+                });
+                writeln!(out, "{line}")
+            }
+            Format::Csv => {
+                if !self.header_written {
+                    writeln!(out, "{CSV_HEADER}")?;
+                    self.header_written = true;
+                }
+                let mut w = csv::Writer::from_writer(Vec::new());
+                let mut row = vec![
+                    at.file.to_string(),
+                    at.frame.map_or(String::new(), |f| f.0.to_string()),
+                    at.frame.map_or(String::new(), |f| format!("{:.3}", f.1)),
+                    at.face.to_string(),
+                    format!("{:.1}", b.x),
+                    format!("{:.1}", b.y),
+                    format!("{:.1}", b.w),
+                    format!("{:.1}", b.h),
+                    r.score.map_or(String::new(), |s| format!("{s:.4}")),
+                    r.label.to_string(),
+                ];
+                row.extend(r.probabilities.iter().map(|p| format!("{p:.4}")));
+                w.write_record(&row).map_err(std::io::Error::other)?;
+                out.write_all(&w.into_inner().map_err(|e| std::io::Error::other(e.to_string()))?)
+            }
+            Format::Table => {
+                if !self.header_written {
+                    writeln!(out, "{:<32} {:>9} {:>4} {:>24} {:>6}  {:<9} top probabilities", "file", "time", "face", "box (x, y, w, h)", "score", "label")?;
+                    self.header_written = true;
+                }
+                let mut order: Vec<usize> = (0..NUM_CLASSES).collect();
+                order.sort_by(|&a, &c| r.probabilities[c].total_cmp(&r.probabilities[a]));
+                let top: Vec<String> = order[..3].iter().map(|&c| format!("{} {:.2}", CLASSES[c], r.probabilities[c])).collect();
+                writeln!(
+                    out,
+                    "{:<32} {:>9} {:>4} {:>24} {:>6}  {:<9} {}",
+                    at.file,
+                    at.frame.map_or("-".into(), |f| format!("{:.2}s", f.1)),
+                    at.face,
+                    format!("{:.0}, {:.0}, {:.0}, {:.0}", b.x, b.y, b.w, b.h),
+                    r.score.map_or("-".into(), |s| format!("{s:.3}")),
+                    r.label,
+                    top.join(", ")
+                )
             }
         }
     }
+}
+
+/// Counts and time spent, for the closing line.
+#[derive(Default)]
+struct Tally {
+    images: usize,
+    frames: usize,
+    faces: usize,
+    no_face: usize,
+    decode: Duration,
+    detect: Duration,
+    classify: Duration,
+    failed: Vec<(String, String)>,
+}
+
+/// An input as given: a path (file or folder) or `-` for standard input.
+fn expand(inputs: &[PathBuf]) -> Vec<Result<PathBuf, (String, String)>> {
+    let mut out = Vec::new();
+    for p in inputs {
+        if p.as_os_str() == "-" || p.is_file() {
+            out.push(Ok(p.clone()));
+        } else if p.is_dir() {
+            let mut found = Vec::new();
+            walk(p, &mut found);
+            found.sort();
+            if found.is_empty() {
+                out.push(Err((p.display().to_string(), "no images or videos in this folder".into())));
+            }
+            out.extend(found.into_iter().map(Ok));
+        } else {
+            out.push(Err((p.display().to_string(), "no such file or folder".into())));
+        }
+    }
+    out
+}
+
+fn walk(dir: &Path, found: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            walk(&p, found);
+        } else if media::has_extension(&p, &media::IMAGE_EXTENSIONS) || media::has_extension(&p, &media::VIDEO_EXTENSIONS) {
+            found.push(p);
+        }
+    }
+}
+
+/// Labels every face of every input; returns an error saying how many inputs failed.
+pub fn run(pipeline: &Pipeline, inputs: &[PathBuf], opts: &PredictOptions) -> anyhow::Result<()> {
+    anyhow::ensure!(!inputs.is_empty(), "give image or video files, folders, or - for standard input (or --random N)");
+    if let Some(dir) = &opts.annotate {
+        std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+    }
+    let items = expand(inputs);
+    let bar = crate::train::progress(items.len(), "predict", opts.quiet || items.len() < 2);
+    let mut sink = Sink { format: opts.format, header_written: false };
+    let mut tally = Tally::default();
+    let started = Instant::now();
+    let stdout = std::io::stdout();
+    for item in &items {
+        let path = match item {
+            Ok(p) => p,
+            Err((name, why)) => {
+                bar.suspend(|| eprintln!("error: {name}: {why}"));
+                tally.failed.push((name.clone(), why.clone()));
+                continue;
+            }
+        };
+        let name = if path.as_os_str() == "-" { "<stdin>".to_string() } else { path.display().to_string() };
+        let mut out = stdout.lock();
+        let result = bar.suspend(|| {
+            if media::has_extension(path, &media::VIDEO_EXTENSIONS) {
+                video(pipeline, path, &name, opts, &mut sink, &mut tally, &mut out)
+            } else {
+                photo(pipeline, path, &name, opts, &mut sink, &mut tally, &mut out)
+            }
+        });
+        if let Err(why) = result {
+            bar.suspend(|| eprintln!("error: {name}: {why}"));
+            tally.failed.push((name, why));
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    if !opts.quiet {
+        eprintln!("{}", tally.summary(started.elapsed()));
+    }
+    let n = tally.failed.len();
+    anyhow::ensure!(n == 0, "{n} of {} inputs failed: {}", items.len(), tally.failed.iter().map(|f| f.0.as_str()).collect::<Vec<_>>().join(", "));
     Ok(())
+}
+
+impl Tally {
+    fn summary(&self, wall: Duration) -> String {
+        let busy = (self.decode + self.detect + self.classify).as_secs_f64().max(1e-9);
+        let share = |d: Duration| 100.0 * d.as_secs_f64() / busy;
+        let mut s = format!("{} images", self.images);
+        if self.frames > 0 {
+            s += &format!(", {} video frames", self.frames);
+        }
+        s += &format!(
+            ": {} faces in {:.2} s ({:.1} images or frames/s); decode {:.0}%, detection {:.0}%, classification {:.0}%",
+            self.faces,
+            wall.as_secs_f64(),
+            (self.images + self.frames) as f64 / wall.as_secs_f64().max(1e-9),
+            share(self.decode),
+            share(self.detect),
+            share(self.classify)
+        );
+        if self.no_face > 0 {
+            s += &format!("; {} without a face", self.no_face);
+        }
+        s
+    }
+}
+
+fn photo(pipeline: &Pipeline, path: &Path, name: &str, opts: &PredictOptions, sink: &mut Sink, tally: &mut Tally, out: &mut impl Write) -> Result<(), String> {
+    let t = Instant::now();
+    let bytes = if path.as_os_str() == "-" { media::read_stdin()? } else { std::fs::read(path).map_err(|e| format!("cannot read: {e}"))? };
+    let image = media::decode_image(&bytes)?;
+    tally.decode += t.elapsed();
+    let analysis = pipeline.analyse(&image, opts.detect);
+    tally.count(&analysis);
+    tally.images += 1;
+    if analysis.faces.is_empty() {
+        tally.no_face += 1;
+        eprintln!("{name}: no face found");
+    }
+    for (i, r) in analysis.faces.iter().enumerate() {
+        sink.face(out, &Place { file: name, frame: None, face: i }, r).map_err(|e| e.to_string())?;
+    }
+    if let Some(dir) = &opts.annotate {
+        let mut rgb = image.to_rgb8();
+        crate::plot::annotate(&mut rgb, &analysis.faces).map_err(|e| e.to_string())?;
+        let dest = dir.join(annotated_name(path, "png"));
+        rgb.save(&dest).map_err(|e| format!("writing {}: {e}", dest.display()))?;
+    }
+    Ok(())
+}
+
+/// The annotated copy's file name: the input's, with `extension`.
+fn annotated_name(path: &Path, extension: &str) -> String {
+    let stem = path.file_stem().map_or("stdin".into(), |s| s.to_string_lossy().into_owned());
+    let stem = if stem == "-" { "stdin".to_string() } else { stem };
+    format!("{stem}.annotated.{extension}")
+}
+
+fn video(pipeline: &Pipeline, path: &Path, name: &str, opts: &PredictOptions, sink: &mut Sink, tally: &mut Tally, out: &mut impl Write) -> Result<(), String> {
+    let t = Instant::now();
+    let mut frames = media::Frames::open(path, opts.sampling)?;
+    let info = frames.info;
+    let rate = match opts.sampling {
+        Sampling::EveryNth(n) => info.fps / n.max(1) as f64,
+        Sampling::EverySeconds(s) => 1.0 / s,
+    };
+    let mut writer = match &opts.annotate {
+        Some(dir) => Some(media::VideoWriter::create(&dir.join(annotated_name(path, "mp4")), info.width, info.height, rate)?),
+        None => None,
+    };
+    // Per sampled frame: its time and the probabilities of its largest face (if any).
+    let mut timeline: Vec<(f64, Option<[f32; NUM_CLASSES]>)> = Vec::new();
+    let mut decode_start = t;
+    while let Some((k, frame)) = frames.next() {
+        tally.decode += decode_start.elapsed();
+        let time = frames.time_of(k);
+        let image = DynamicImage::ImageRgb8(frame);
+        let analysis = pipeline.analyse(&image, opts.detect);
+        tally.count(&analysis);
+        tally.frames += 1;
+        for (i, r) in analysis.faces.iter().enumerate() {
+            sink.face(out, &Place { file: name, frame: Some((frames.frame_of(k), time)), face: i }, r).map_err(|e| e.to_string())?;
+        }
+        let main = analysis.faces.iter().max_by(|a, b| (a.bbox.w * a.bbox.h).total_cmp(&(b.bbox.w * b.bbox.h)));
+        timeline.push((time, main.map(|f| f.probabilities)));
+        if let Some(w) = writer.as_mut() {
+            let mut rgb: RgbImage = image.into_rgb8();
+            crate::plot::annotate(&mut rgb, &analysis.faces).map_err(|e| e.to_string())?;
+            w.write(&rgb)?;
+        }
+        decode_start = Instant::now();
+    }
+    frames.finish()?;
+    if timeline.is_empty() {
+        return Err("ffmpeg gave no frames".into());
+    }
+    if let Some(w) = writer {
+        w.finish()?;
+    }
+    let with_face: Vec<usize> = timeline.iter().filter_map(|(_, p)| p.as_ref().map(argmax)).collect();
+    let mut shares: Vec<String> = (0..NUM_CLASSES)
+        .map(|c| (c, with_face.iter().filter(|&&l| l == c).count()))
+        .filter(|&(_, n)| n > 0)
+        .map(|(c, n)| format!("{} {:.0}%", CLASSES[c], 100.0 * n as f64 / with_face.len() as f64))
+        .collect();
+    if shares.is_empty() {
+        shares.push("no face in any frame".into());
+    }
+    eprintln!("{name}: {} frames sampled over {:.1} s, {} with a face: {}", timeline.len(), info.seconds, with_face.len(), shares.join(", "));
+    if let Some(dir) = &opts.annotate {
+        let dest = dir.join(annotated_name(path, "summary.png"));
+        crate::plot::emotion_timeline(&dest, name, &timeline).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+impl Tally {
+    fn count(&mut self, a: &Analysis) {
+        self.faces += a.faces.len();
+        self.detect += a.detect;
+        self.classify += a.classify;
+    }
 }
 
 /// A grid of `n` random faces of `split`: true label, predicted label and its probability.

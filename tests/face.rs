@@ -32,3 +32,142 @@ fn the_detector_finds_the_solvay_conference() {
         assert!(f.landmarks[0].1 < b.y + b.h / 2.0 && f.landmarks[3].1 > b.y + b.h / 2.0, "{f:?}");
     }
 }
+
+fn fer(dir: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_fer")).current_dir(dir).args(["--threads", "2"]).args(args).output().unwrap()
+}
+
+fn has_ffmpeg() -> bool {
+    let ok = std::process::Command::new("ffmpeg").arg("-version").output().is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!("skipped: ffmpeg is not installed (scripts/env.sh installs it)");
+    }
+    ok
+}
+
+/// A crop of the Solvay photo with a handful of faces, as a PNG of `w` x `h` at (`x`, `y`).
+fn solvay_crop(dest: &Path, x: u32, y: u32, w: u32, h: u32) {
+    let photo = image::open(fixture("solvay-1927.jpg")).unwrap();
+    photo.crop_imm(x, y, w, h).save(dest).unwrap();
+}
+
+#[test]
+fn predict_labels_every_face_and_names_every_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let photos = d.join("photos");
+    std::fs::create_dir_all(photos.join("nested")).unwrap();
+    std::fs::copy(fixture("solvay-1927.jpg"), photos.join("solvay.jpg")).unwrap();
+    solvay_crop(&photos.join("nested/front-row.webp"), 0, 220, 640, 200);
+    image::RgbImage::from_pixel(300, 200, image::Rgb([40, 120, 200])).save(photos.join("sky.png")).unwrap();
+    std::fs::write(photos.join("notes.jpg"), "not an image at all").unwrap();
+    std::fs::write(photos.join("empty.png"), "").unwrap();
+    let jpeg = std::fs::read(fixture("solvay-1927.jpg")).unwrap();
+    std::fs::write(photos.join("truncated.jpg"), &jpeg[..jpeg.len() / 3]).unwrap();
+    // A BMP whose header claims 60000 x 60000 pixels: a decompression bomb.
+    let mut bmp = std::io::Cursor::new(Vec::new());
+    image::RgbImage::new(1, 1).write_to(&mut bmp, image::ImageFormat::Bmp).unwrap();
+    let mut bmp = bmp.into_inner();
+    bmp[18..22].copy_from_slice(&60_000i32.to_le_bytes());
+    bmp[22..26].copy_from_slice(&60_000i32.to_le_bytes());
+    std::fs::write(photos.join("bomb.bmp"), bmp).unwrap();
+
+    let o = fer(d, &["predict", "--json", "photos", "missing.png", "--annotate", "annotated"]);
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    for (name, why) in [
+        ("notes.jpg", "not an image"),
+        ("empty.png", "empty file"),
+        ("truncated.jpg", "truncated Jpeg image"),
+        ("bomb.bmp", "60000x60000 pixels is over the limit"),
+        ("missing.png", "no such file or folder"),
+    ] {
+        assert!(err.lines().any(|l| l.starts_with("error: ") && l.contains(name) && l.contains(why)), "{name}: {err}");
+    }
+    assert!(err.contains("sky.png: no face found"), "{err}");
+    assert!(err.contains("5 of 8 inputs failed"), "{err}");
+
+    // One JSON line per face, with the documented fields; the good files were all processed.
+    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let in_file = |name: &str| lines.iter().filter(|l| l["file"].as_str().unwrap().ends_with(name)).count();
+    assert!(in_file("solvay.jpg") >= 25, "{out}");
+    assert!(in_file("front-row.webp") >= 3, "{out}");
+    for l in &lines {
+        for key in ["file", "frame", "time", "face", "box", "score", "label", "probabilities"] {
+            assert!(l.get(key).is_some(), "{key} missing: {l}");
+        }
+        let total: f64 = l["probabilities"].as_object().unwrap().values().map(|v| v.as_f64().unwrap()).sum();
+        assert!((total - 1.0).abs() < 1e-4);
+        assert!(l["box"]["w"].as_f64().unwrap() > 20.0 && l["score"].as_f64().unwrap() > 0.7);
+    }
+    // Annotated copies decode, at the size of their source.
+    let annotated = image::open(d.join("annotated/solvay.annotated.png")).unwrap();
+    assert_eq!((annotated.width(), annotated.height()), (1666, 1136));
+    assert!(d.join("annotated/front-row.annotated.png").is_file());
+
+    // CSV: a header, then one row per face with the same fields.
+    let o = fer(d, &["predict", "--csv", "photos/nested"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let csv = String::from_utf8_lossy(&o.stdout);
+    assert!(csv.starts_with("file,frame,time,face,x,y,w,h,score,label,angry,disgust,fear,happy,sad,surprise,neutral\n"), "{csv}");
+    assert_eq!(csv.lines().count(), 1 + in_file("front-row.webp"));
+}
+
+#[test]
+fn predict_reads_standard_input_and_pre_cropped_faces() {
+    let dir = tempfile::tempdir().unwrap();
+    let face = image::GrayImage::from_fn(48, 48, |x, y| image::Luma([(x * 5 + y * 2) as u8]));
+    face.save(dir.path().join("face.png")).unwrap();
+    // A 48x48 grayscale image is a pre-cropped face: classified whole, without detection.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fer"))
+        .current_dir(dir.path())
+        .args(["predict", "--json", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), &std::fs::read(dir.path().join("face.png")).unwrap()).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success());
+    let line: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).unwrap();
+    assert_eq!(line["file"], "<stdin>");
+    assert_eq!(line["score"], serde_json::Value::Null, "no detection");
+    assert_eq!(line["box"]["w"], 48.0);
+}
+
+#[test]
+fn predict_samples_a_video_and_annotates_it() {
+    if !has_ffmpeg() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    solvay_crop(&d.join("group.png"), 0, 180, 640, 360);
+    // 2 seconds at 10 frames per second of the same group photo.
+    let made = std::process::Command::new("ffmpeg")
+        .current_dir(d)
+        .args(["-v", "error", "-loop", "1", "-i", "group.png", "-t", "2", "-r", "10", "-pix_fmt", "yuv420p", "group.mp4"])
+        .status()
+        .unwrap();
+    assert!(made.success());
+    std::fs::write(d.join("broken.mp4"), "this is not a video").unwrap();
+
+    let o = fer(d, &["predict", "--json", "--every", "5", "group.mp4", "broken.mp4", "--annotate", "out"]);
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.lines().any(|l| l.starts_with("error: broken.mp4") && l.contains("ffmpeg cannot read it")), "{err}");
+    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let frames: std::collections::BTreeSet<u64> = lines.iter().map(|l| l["frame"].as_u64().unwrap()).collect();
+    assert_eq!(frames.into_iter().collect::<Vec<_>>(), [0, 5, 10, 15], "every 5th of 20 frames");
+    let last = lines.iter().find(|l| l["frame"] == 15).unwrap();
+    assert!((last["time"].as_f64().unwrap() - 1.5).abs() < 1e-6);
+    assert!(err.contains("group.mp4: 4 frames sampled"), "{err}");
+    // The annotated video decodes (4 frames), and the summary plot is there.
+    let probe = std::process::Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries", "stream=nb_read_frames", "-of", "csv=p=0"])
+        .arg(d.join("out/group.annotated.mp4"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&probe.stdout).trim(), "4");
+    assert!(image::open(d.join("out/group.annotated.summary.png")).is_ok());
+}

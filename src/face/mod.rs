@@ -3,3 +3,89 @@
 //! folders and videos alike.
 
 pub mod detect;
+pub mod frame;
+
+use image::DynamicImage;
+use serde::Serialize;
+use std::time::{Duration, Instant};
+
+use crate::data::{Faces, CLASSES, NUM_CLASSES, SIDE};
+use crate::train::Trained;
+use detect::{DetectorOptions, FaceBox, FaceDetector};
+use frame::Framing;
+
+/// One face found and classified.
+#[derive(Clone, Debug, Serialize)]
+pub struct FaceResult {
+    /// The detector's box (the whole image when detection is off).
+    pub bbox: FaceBox,
+    /// The detector's confidence (None when detection is off).
+    pub score: Option<f64>,
+    /// The FER-2013 frame cut out around the box.
+    pub frame: FaceBox,
+    pub label: &'static str,
+    pub probabilities: [f32; NUM_CLASSES],
+}
+
+/// What one image gave, and where its time went.
+#[derive(Clone, Debug, Default)]
+pub struct Analysis {
+    pub faces: Vec<FaceResult>,
+    pub detect: Duration,
+    pub classify: Duration,
+}
+
+/// The face pipeline: a classifier, the detector and the FER-2013 framing, loaded once.
+pub struct Pipeline {
+    pub model: Trained,
+    pub detector: FaceDetector,
+    pub framing: Framing,
+}
+
+impl Pipeline {
+    pub fn new(model: Trained, options: DetectorOptions) -> anyhow::Result<Pipeline> {
+        Ok(Pipeline { model, detector: FaceDetector::new(options)?, framing: Framing::shipped() })
+    }
+
+    /// Finds, frames and classifies every face in `image`. With `detect` off, or for an image
+    /// that already is a 48x48 grayscale face, the whole image is the face.
+    pub fn analyse(&self, image: &DynamicImage, detect: bool) -> Analysis {
+        let gray = image.to_luma8();
+        let (w, h) = (gray.width() as f64, gray.height() as f64);
+        let pre_cropped = matches!(image, DynamicImage::ImageLuma8(_)) && gray.dimensions() == (SIDE as u32, SIDE as u32);
+        let started = Instant::now();
+        let boxes: Vec<(FaceBox, Option<f64>, FaceBox)> = if detect && !pre_cropped {
+            self.detector
+                .detect(&image.to_rgb8())
+                .into_iter()
+                .map(|d| (d.bbox, Some(d.score), self.framing.frame(&d.bbox)))
+                .collect()
+        } else {
+            let whole = FaceBox { x: 0.0, y: 0.0, w, h };
+            vec![(whole, None, whole)]
+        };
+        let detected = started.elapsed();
+        let mut faces = Faces::default();
+        for (_, score, frame) in &boxes {
+            let pixels = if score.is_none() {
+                // The whole image, squeezed: what a pre-cropped face needs.
+                image::imageops::resize(&gray, SIDE as u32, SIDE as u32, image::imageops::FilterType::Lanczos3).into_raw()
+            } else {
+                frame::crop(&gray, frame)
+            };
+            faces.pixels.extend_from_slice(&pixels);
+            faces.labels.push(0);
+        }
+        let probs = if faces.is_empty() { Vec::new() } else { crate::predict::probabilities(&self.model, &faces) };
+        let results = boxes
+            .into_iter()
+            .zip(probs)
+            .map(|((bbox, score, frame), p)| FaceResult { bbox, score, frame, label: CLASSES[argmax(&p)], probabilities: p })
+            .collect();
+        Analysis { faces: results, detect: detected, classify: started.elapsed() - detected }
+    }
+}
+
+pub fn argmax(p: &[f32; NUM_CLASSES]) -> usize {
+    (0..NUM_CLASSES).max_by(|&a, &b| p[a].total_cmp(&p[b])).unwrap()
+}

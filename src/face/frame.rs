@@ -1,0 +1,166 @@
+//! FER-2013 framing. A model trained on FER-2013 expects a face framed the way FER-2013 framed
+//! its faces, and a detector's box is not that frame. `fer detect calibrate` measures the
+//! relation instead of guessing it: it runs the detector on FER-2013 faces (upscaled, with
+//! room around them) and records where the box falls relative to the 48x48 frame, as medians
+//! over thousands of faces. Photos are then cropped with the inverse of that mapping.
+
+use image::{imageops::FilterType, GrayImage, RgbImage};
+use serde::{Deserialize, Serialize};
+
+use super::detect::{Detection, FaceBox, FaceDetector};
+use crate::data::{Dataset, Split, SIDE};
+
+static SHIPPED: &str = include_str!("../../models/detector/framing.json");
+
+/// The frame around a detector box, in units of the box's width.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Framing {
+    /// Side of the (square) FER frame.
+    pub side: f64,
+    /// Frame centre minus box centre, horizontally and vertically.
+    pub dx: f64,
+    pub dy: f64,
+    /// How it was measured: faces tried, faces where the detector found the face, the
+    /// upscaling and the margin (in 48x48 frames) around each face, the split.
+    pub faces_tried: usize,
+    pub faces_found: usize,
+    pub upscale: u32,
+    pub margin: f64,
+    pub split: String,
+    /// Interquartile ranges of the three measures: how much single faces vary.
+    pub side_iqr: [f64; 2],
+    pub dx_iqr: [f64; 2],
+    pub dy_iqr: [f64; 2],
+}
+
+impl Framing {
+    /// The calibration compiled into the binary (`models/detector/framing.json`).
+    pub fn shipped() -> Framing {
+        serde_json::from_str(SHIPPED).expect("models/detector/framing.json is a framing calibration")
+    }
+
+    /// The square FER frame around a detected face.
+    pub fn frame(&self, bbox: &FaceBox) -> FaceBox {
+        let (cx, cy) = bbox.centre();
+        let side = self.side * bbox.w;
+        let (fx, fy) = (cx + self.dx * bbox.w, cy + self.dy * bbox.w);
+        FaceBox { x: fx - side / 2.0, y: fy - side / 2.0, w: side, h: side }
+    }
+}
+
+/// The part of `gray` under `frame` as a 48x48 face; where the frame leaves the image, its
+/// edge pixels are repeated (as FER-2013's own faces at the border of their photos show).
+pub fn crop(gray: &GrayImage, frame: &FaceBox) -> Vec<u8> {
+    let side = frame.w.round().max(1.0) as u32;
+    let (w, h) = (gray.width() as i64, gray.height() as i64);
+    let (x0, y0) = (frame.x.round() as i64, frame.y.round() as i64);
+    let square = GrayImage::from_fn(side, side, |x, y| {
+        let sx = (x0 + x as i64).clamp(0, w - 1);
+        let sy = (y0 + y as i64).clamp(0, h - 1);
+        *gray.get_pixel(sx as u32, sy as u32)
+    });
+    // Lanczos resampling widens its kernel when shrinking, so large faces are not aliased.
+    image::imageops::resize(&square, SIDE as u32, SIDE as u32, FilterType::Lanczos3).into_raw()
+}
+
+/// A 48x48 face enlarged `upscale` times, with `margin` frames of repeated edge around it:
+/// what a FER-2013 face would look like inside a photo.
+pub fn embed(face: &[u8], upscale: u32, margin: f64) -> (RgbImage, FaceBox) {
+    let s = SIDE as u32;
+    let small = GrayImage::from_raw(s, s, face.to_vec()).expect("a 48x48 face");
+    let big = image::imageops::resize(&small, s * upscale, s * upscale, FilterType::CatmullRom);
+    let side = (s * upscale) as f64;
+    let pad = (margin * side).round() as i64;
+    let total = (side as i64 + 2 * pad) as u32;
+    let last = (s * upscale) as i64 - 1;
+    let canvas = RgbImage::from_fn(total, total, |x, y| {
+        let sx = (x as i64 - pad).clamp(0, last) as u32;
+        let sy = (y as i64 - pad).clamp(0, last) as u32;
+        let v = big.get_pixel(sx, sy).0[0];
+        image::Rgb([v, v, v])
+    });
+    (canvas, FaceBox { x: pad as f64, y: pad as f64, w: side, h: side })
+}
+
+/// The detection that is this face: the best-scoring box whose centre lies inside the frame.
+pub fn detection_in(found: &[Detection], frame: &FaceBox) -> Option<Detection> {
+    found
+        .iter()
+        .filter(|d| {
+            let (cx, cy) = d.bbox.centre();
+            cx > frame.x && cx < frame.x + frame.w && cy > frame.y && cy < frame.y + frame.h
+        })
+        .max_by(|a, b| a.score.total_cmp(&b.score))
+        .copied()
+}
+
+fn median_and_iqr(mut v: Vec<f64>) -> (f64, [f64; 2]) {
+    v.sort_by(f64::total_cmp);
+    let q = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
+    (q(0.5), [q(0.25), q(0.75)])
+}
+
+/// Measures the framing on `faces` faces of `split` (evenly spaced through it).
+pub fn calibrate(data: &Dataset, split: Split, faces: usize, detector: &FaceDetector, progress: &indicatif::ProgressBar) -> anyhow::Result<Framing> {
+    let (upscale, margin) = (4, 0.5);
+    let idx = data.indices(split);
+    anyhow::ensure!(!idx.is_empty(), "no {split} faces to calibrate on");
+    let step = (idx.len() / faces.max(1)).max(1);
+    let picks: Vec<usize> = idx.iter().step_by(step).take(faces).copied().collect();
+    progress.set_length(picks.len() as u64);
+    let (mut side, mut dx, mut dy) = (Vec::new(), Vec::new(), Vec::new());
+    for &i in &picks {
+        let (canvas, frame) = embed(data.image(i), upscale, margin);
+        if let Some(d) = detection_in(&detector.detect(&canvas), &frame) {
+            let ((fx, fy), (bx, by)) = (frame.centre(), d.bbox.centre());
+            side.push(frame.w / d.bbox.w);
+            dx.push((fx - bx) / d.bbox.w);
+            dy.push((fy - by) / d.bbox.w);
+        }
+        progress.inc(1);
+    }
+    anyhow::ensure!(side.len() * 2 >= picks.len(), "the detector found only {} of {} faces: no calibration", side.len(), picks.len());
+    let found = side.len();
+    let ((side, side_iqr), (dx, dx_iqr), (dy, dy_iqr)) = (median_and_iqr(side), median_and_iqr(dx), median_and_iqr(dy));
+    Ok(Framing {
+        side,
+        dx,
+        dy,
+        faces_tried: picks.len(),
+        faces_found: found,
+        upscale,
+        margin,
+        split: split.name().to_string(),
+        side_iqr,
+        dx_iqr,
+        dy_iqr,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn framing_inverts_the_measured_mapping() {
+        let f = Framing { side: 1.5, dx: 0.1, dy: -0.2, ..Framing::shipped() };
+        let bbox = FaceBox { x: 100.0, y: 50.0, w: 40.0, h: 48.0 };
+        let frame = f.frame(&bbox);
+        assert_eq!(frame.w, 60.0);
+        assert_eq!(frame.centre(), (124.0, 66.0));
+    }
+
+    #[test]
+    fn a_face_embedded_then_cropped_comes_back() {
+        let face: Vec<u8> = (0..SIDE * SIDE).map(|i| ((i % SIDE) * 5 + (i / SIDE) * 2) as u8).collect();
+        let (canvas, frame) = embed(&face, 3, 0.5);
+        assert_eq!(canvas.width(), 48 * 3 * 2);
+        let gray = image::DynamicImage::ImageRgb8(canvas).to_luma8();
+        let back = crop(&gray, &frame);
+        let err: f64 = back.iter().zip(&face).map(|(&a, &b)| (a as f64 - b as f64).abs()).sum::<f64>() / face.len() as f64;
+        assert!(err < 1.5, "mean absolute error {err}");
+        // A frame hanging over the image's edge repeats the edge.
+        let edge = crop(&gray, &FaceBox { x: -50.0, y: -50.0, w: 100.0, h: 100.0 });
+        assert_eq!(edge[0], gray.get_pixel(0, 0).0[0]);
+    }
+}
