@@ -171,3 +171,44 @@ fn predict_samples_a_video_and_annotates_it() {
     assert_eq!(String::from_utf8_lossy(&probe.stdout).trim(), "4");
     assert!(image::open(d.join("out/group.annotated.summary.png")).is_ok());
 }
+
+#[test]
+fn calibrated_framing_gives_back_the_faces_the_model_knows() {
+    let Some(path) = common::real_data() else { return };
+    let data = fer::data::load(&path).unwrap();
+    let model = fer::train::Trained::load(&fer::predict::default_model().unwrap(), tch::Device::Cpu).unwrap();
+    let mut pipeline = fer::face::Pipeline::new(model, DetectorOptions::default()).unwrap();
+    // 300 PublicTest faces, each enlarged 3x with room around it, as a face in a photo would be.
+    let picks: Vec<usize> = data.indices(fer::data::Split::PublicTest).into_iter().step_by(12).take(300).collect();
+    let mut direct = fer::data::Faces::default();
+    for &i in &picks {
+        direct.pixels.extend_from_slice(data.image(i));
+        direct.labels.push(data.labels[i]);
+    }
+    let direct: Vec<usize> = fer::predict::probabilities(&pipeline.model, &direct).iter().map(fer::face::argmax).collect();
+    let mut agreement = |framing: fer::face::frame::Framing| -> (usize, usize) {
+        pipeline.framing = framing;
+        let (mut found, mut same) = (0, 0);
+        for (k, &i) in picks.iter().enumerate() {
+            let (canvas, frame) = fer::face::frame::embed(data.image(i), 3, 0.5);
+            let analysis = pipeline.analyse(&image::DynamicImage::ImageRgb8(canvas), true);
+            let face = analysis.faces.iter().find(|f| {
+                let (cx, cy) = f.bbox.centre();
+                cx > frame.x && cx < frame.x + frame.w && cy > frame.y && cy < frame.y + frame.h
+            });
+            if let Some(f) = face {
+                found += 1;
+                same += usize::from(fer::face::argmax(&f.probabilities) == direct[k]);
+            }
+        }
+        (found, same)
+    };
+    let shipped = fer::face::frame::Framing::shipped();
+    let (found, same) = agreement(shipped.clone());
+    // The raw box: its own width and centre (the landmarks' centroid sits a little below it).
+    let (_, same_raw) = agreement(fer::face::frame::Framing { side: 1.0, dx: 0.0, dy: -0.1, ..shipped });
+    eprintln!("found {found} of {}; same label as the original face: {same} calibrated, {same_raw} with the raw box", picks.len());
+    assert!(found * 100 >= picks.len() * 80, "the detector finds most faces: {found}");
+    assert!(same * 100 >= found * 70, "framed faces mostly get the original's label: {same} of {found}");
+    assert!(same > same_raw + found / 20, "the calibration beats the raw box: {same} vs {same_raw}");
+}

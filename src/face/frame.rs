@@ -3,6 +3,11 @@
 //! relation instead of guessing it: it runs the detector on FER-2013 faces (upscaled, with
 //! room around them) and records where the box falls relative to the 48x48 frame, as medians
 //! over thousands of faces. Photos are then cropped with the inverse of that mapping.
+//!
+//! The frame's size is taken from the box's width and its centre from the five landmarks'
+//! centroid: measured on 600 Training faces, the landmarks place the centre within 2.1 px of
+//! 48 (median), the box's own centre within 2.9 px; for the size, the box (9.4% median error)
+//! is as good as any landmark distance (9.3% to 11.3%). FER-2013's own framing varies that much.
 
 use image::{imageops::FilterType, GrayImage, RgbImage};
 use serde::{Deserialize, Serialize};
@@ -12,12 +17,12 @@ use crate::data::{Dataset, Split, SIDE};
 
 static SHIPPED: &str = include_str!("../../models/detector/framing.json");
 
-/// The frame around a detector box, in units of the box's width.
+/// The frame around a detected face, in units of the box's width.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Framing {
     /// Side of the (square) FER frame.
     pub side: f64,
-    /// Frame centre minus box centre, horizontally and vertically.
+    /// Frame centre minus the landmarks' centroid, horizontally and vertically.
     pub dx: f64,
     pub dy: f64,
     /// How it was measured: faces tried, faces where the detector found the face, the
@@ -40,12 +45,22 @@ impl Framing {
     }
 
     /// The square FER frame around a detected face.
-    pub fn frame(&self, bbox: &FaceBox) -> FaceBox {
-        let (cx, cy) = bbox.centre();
-        let side = self.side * bbox.w;
-        let (fx, fy) = (cx + self.dx * bbox.w, cy + self.dy * bbox.w);
+    pub fn frame(&self, face: &Detection) -> FaceBox {
+        let (cx, cy) = anchor(face);
+        let w = face.bbox.w;
+        let side = self.side * w;
+        let (fx, fy) = (cx + self.dx * w, cy + self.dy * w);
         FaceBox { x: fx - side / 2.0, y: fy - side / 2.0, w: side, h: side }
     }
+}
+
+/// The centroid of a detection's five landmarks.
+fn anchor(face: &Detection) -> (f64, f64) {
+    let l = &face.landmarks;
+    (l.iter().map(|p| p.0).sum::<f64>() / 5.0, l.iter().map(|p| p.1).sum::<f64>() / 5.0)
+}
+
+impl Framing {
 }
 
 /// The part of `gray` under `frame` as a 48x48 face; where the frame leaves the image, its
@@ -112,7 +127,7 @@ pub fn calibrate(data: &Dataset, split: Split, faces: usize, detector: &FaceDete
     for &i in &picks {
         let (canvas, frame) = embed(data.image(i), upscale, margin);
         if let Some(d) = detection_in(&detector.detect(&canvas), &frame) {
-            let ((fx, fy), (bx, by)) = (frame.centre(), d.bbox.centre());
+            let ((fx, fy), (bx, by)) = (frame.centre(), anchor(&d));
             side.push(frame.w / d.bbox.w);
             dx.push((fx - bx) / d.bbox.w);
             dy.push((fy - by) / d.bbox.w);
@@ -145,7 +160,9 @@ mod tests {
     fn framing_inverts_the_measured_mapping() {
         let f = Framing { side: 1.5, dx: 0.1, dy: -0.2, ..Framing::shipped() };
         let bbox = FaceBox { x: 100.0, y: 50.0, w: 40.0, h: 48.0 };
-        let frame = f.frame(&bbox);
+        // Landmarks centred on (120, 74), off the box's own centre.
+        let face = Detection { bbox, score: 1.0, landmarks: [(110.0, 64.0), (130.0, 64.0), (120.0, 74.0), (112.0, 84.0), (128.0, 84.0)] };
+        let frame = f.frame(&face);
         assert_eq!(frame.w, 60.0);
         assert_eq!(frame.centre(), (124.0, 66.0));
     }

@@ -58,7 +58,7 @@ impl Pipeline {
             self.detector
                 .detect(&image.to_rgb8())
                 .into_iter()
-                .map(|d| (d.bbox, Some(d.score), self.framing.frame(&d.bbox)))
+                .map(|d| (d.bbox, Some(d.score), self.framing.frame(&d)))
                 .collect()
         } else {
             let whole = FaceBox { x: 0.0, y: 0.0, w, h };
