@@ -36,8 +36,38 @@ fn train_step(model: &Trained, opt: &mut Optimizer, x: &Tensor, y: &Tensor) {
     let _ = loss.double_value(&[]);
 }
 
+/// The face pipeline on two photos of about one megapixel made from the Solvay photo: the
+/// group (its top 600 rows, 29 faces of about 50 px) and a close-up (5 faces enlarged to about
+/// 170 px).
+/// Detection and classification times, medians over `steps` runs after `warmup`.
+fn faces(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
+    let photo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/solvay-1927.jpg");
+    let image = crate::media::read_image(&photo).map_err(|e| anyhow::anyhow!("{}: {e}", photo.display()))?;
+    let group = image.crop_imm(0, 0, image.width(), 600);
+    let close_up = image.crop_imm(580, 150, 400, 300).resize_exact(1155, 866, image::imageops::FilterType::CatmullRom);
+    let model = Trained::load(&crate::predict::default_model()?, Device::Cpu)?;
+    let pipeline = crate::face::Pipeline::new(model, Default::default())?;
+    let time = |image: &image::DynamicImage| {
+        let (mut detect, mut classify, mut found) = (Vec::new(), Vec::new(), 0);
+        for i in 0..args.warmup + args.steps {
+            let a = pipeline.analyse(image, true);
+            if i >= args.warmup {
+                detect.push(a.detect.as_secs_f64() * 1e3);
+                classify.push(a.classify.as_secs_f64() * 1e3);
+                found = a.faces.len();
+            }
+        }
+        let (d, c) = (median(detect), median(classify));
+        json!({"megapixels": (image.width() * image.height()) as f64 / 1e6, "faces": found, "detect_ms": d, "classify_ms": c, "total_ms": d + c})
+    };
+    Ok(json!({"impl": "fer", "mode": "faces", "group": time(&group), "close_up": time(&close_up), "threads": tch::get_num_threads()}))
+}
+
 /// Runs one measurement and returns its JSON line.
 pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
+    if args.mode == "faces" {
+        return faces(args);
+    }
     tch::manual_seed(0);
     let (mut config, _) = crate::flops::resolve(&args.model)?;
     config.train.optimizer = crate::config::OptimizerKind::Adamw;
@@ -154,7 +184,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
             let r = crate::flops::count(&config.layers()?)?;
             json!({"fvcore_flops": r.fvcore_total, "params": r.params})
         }
-        other => anyhow::bail!("unknown bench mode `{other}` (step, infer, epoch, data, matmul, flops)"),
+        other => anyhow::bail!("unknown bench mode `{other}` (step, infer, epoch, data, matmul, flops, faces)"),
     };
     let mut line = json!({
         "engine": "fer-tch-0.24-libtorch-2.11",

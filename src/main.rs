@@ -177,7 +177,8 @@ enum Command {
     },
     /// Time training steps or inference like ../shared/bench/torch_reference.py (JSON line).
     Bench {
-        /// step, infer, epoch (the real images), data (decode, CSV, cache timings), matmul (peak), flops
+        /// step, infer, epoch (the real images), data (decode, CSV, cache timings), matmul (peak), flops,
+        /// faces (detection and classification of a one-megapixel photo)
         mode: String,
         #[arg(long, default_value = "mobile")]
         model: String,
