@@ -234,12 +234,16 @@ impl Tally {
     fn summary(&self, wall: Duration) -> String {
         let busy = (self.decode + self.detect + self.classify).as_secs_f64().max(1e-9);
         let share = |d: Duration| 100.0 * d.as_secs_f64() / busy;
-        let mut s = format!("{} images", self.images);
-        if self.frames > 0 {
-            s += &format!(", {} video frames", self.frames);
+        let mut parts = Vec::new();
+        if self.images > 0 || self.frames == 0 {
+            parts.push(format!("{} images", self.images));
         }
+        if self.frames > 0 {
+            parts.push(format!("{} video frames", self.frames));
+        }
+        let mut s = parts.join(", ");
         s += &format!(
-            ": {} faces in {:.2} s ({:.1} images or frames/s); decode {:.0}%, detection {:.0}%, classification {:.0}%",
+            ": {} faces in {:.2} s ({:.1} per second); decode {:.0}%, detection {:.0}%, classification {:.0}%",
             self.faces,
             wall.as_secs_f64(),
             (self.images + self.frames) as f64 / wall.as_secs_f64().max(1e-9),
