@@ -71,6 +71,10 @@ fn predict_labels_every_face_and_names_every_bad_input() {
     bmp[18..22].copy_from_slice(&60_000i32.to_le_bytes());
     bmp[22..26].copy_from_slice(&60_000i32.to_le_bytes());
     std::fs::write(photos.join("bomb.bmp"), bmp).unwrap();
+    // A real image, too big: 12000 x 9000 pixels (108 megapixels) of one colour.
+    image::GrayImage::new(12_000, 9_000).save(photos.join("huge.png")).unwrap();
+    // A PNG signature over garbage: recognised, unreadable.
+    std::fs::write(photos.join("garbled.png"), [&b"\x89PNG\r\n\x1a\n"[..], &[7u8; 200]].concat()).unwrap();
 
     let o = fer(d, &["predict", "--json", "photos", "missing.png", "--annotate", "annotated"]);
     let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
@@ -80,12 +84,14 @@ fn predict_labels_every_face_and_names_every_bad_input() {
         ("empty.png", "empty file"),
         ("truncated.jpg", "truncated Jpeg image"),
         ("bomb.bmp", "60000x60000 pixels is over the limit"),
+        ("huge.png", "12000x9000 pixels is over the limit"),
+        ("garbled.png", "unreadable Png image"),
         ("missing.png", "no such file or folder"),
     ] {
         assert!(err.lines().any(|l| l.starts_with("error: ") && l.contains(name) && l.contains(why)), "{name}: {err}");
     }
     assert!(err.contains("sky.png: no face found"), "{err}");
-    assert!(err.contains("5 of 8 inputs failed"), "{err}");
+    assert!(err.contains("7 of 10 inputs failed"), "{err}");
 
     // One JSON line per face, with the documented fields; the good files were all processed.
     let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
