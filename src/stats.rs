@@ -53,7 +53,7 @@ pub fn sharpness(data: &Dataset) -> BTreeMap<String, f64> {
 }
 
 /// The sigma at which Gaussian-blurred PublicTest faces match Training's sharpness, by
-/// bisection (sharpness falls as sigma grows).
+/// bisection (sharpness falls as sigma grows); None unless Training is over 10% smoother.
 pub fn matching_blur(data: &Dataset, sharpness: &BTreeMap<String, f64>) -> Option<f64> {
     let target = *sharpness.get(Split::Training.name())?;
     let test = data.split(Split::PublicTest);
@@ -65,7 +65,8 @@ pub fn matching_blur(data: &Dataset, sharpness: &BTreeMap<String, f64>) -> Optio
         let b = crate::eval::blur(&x, sigma);
         (b.narrow(3, 1, 47) - b.narrow(3, 0, 47)).abs().mean(tch::Kind::Float).double_value(&[])
     };
-    if smoothness(0.0) <= target {
+    // Within 10% the splits are equally sharp: noise, not a blur worth naming.
+    if smoothness(0.0) <= 1.1 * target {
         return None;
     }
     let (mut lo, mut hi) = (0.0, 10.0);
@@ -170,8 +171,10 @@ impl DataStats {
         if !values.is_empty() && hi > 1.5 * lo {
             s += &format!("WARNING: the splits differ in sharpness by {:.1}x: some were blurred or re-encoded differently. A model trained on one will see a shifted distribution on the other (see `eval_blur` in the config).\n", hi / lo);
         }
-        if let Some(sigma) = self.training_blur_sigma {
-            s += &format!("Training is as smooth as PublicTest blurred by a Gaussian of sigma {sigma:.2} px.\n");
+        match self.training_blur_sigma {
+            Some(sigma) => s += &format!("Training is as smooth as PublicTest blurred by a Gaussian of sigma {sigma:.2} px.\n"),
+            None if !values.is_empty() && hi <= 1.1 * lo => s += "The splits are equally sharp (within 10%): no sign of blurring.\n",
+            None => {}
         }
         s
     }

@@ -218,3 +218,22 @@ fn calibrated_framing_gives_back_the_faces_the_model_knows() {
     assert!(same * 100 >= found * 70, "framed faces mostly get the original's label: {same} of {found}");
     assert!(same > same_raw + found / 20, "the calibration beats the raw box: {same} vs {same_raw}");
 }
+
+#[test]
+fn large_photos_are_searched_smaller_and_answered_in_their_own_pixels() {
+    let photo = image::open(fixture("solvay-1927.jpg")).unwrap();
+    let model = fer::train::Trained::load(&fer::predict::default_model().unwrap(), tch::Device::Cpu).unwrap();
+    let pipeline = fer::face::Pipeline::new(model, DetectorOptions::default()).unwrap();
+    let small: Vec<(f64, f64)> = pipeline.analyse(&photo, true).faces.iter().map(|f| f.bbox.centre()).collect();
+    // Twice the size: 7.6 megapixels, searched at 4.
+    let big = photo.resize_exact(3332, 2272, image::imageops::FilterType::Triangle);
+    let faces = pipeline.analyse(&big, true).faces;
+    let matched = faces
+        .iter()
+        .filter(|f| {
+            let (x, y) = f.bbox.centre();
+            small.iter().any(|&(sx, sy)| (x / 2.0 - sx).hypot(y / 2.0 - sy) < 6.0)
+        })
+        .count();
+    assert!(matched >= 25, "{matched} of {} faces sit where the original's are", faces.len());
+}

@@ -135,13 +135,18 @@ impl FaceDetector {
 
     /// Every face found in an image, best score first.
     pub fn detect(&self, image: &RgbImage) -> Vec<Detection> {
+        self.detect_down_to(image, self.options.min_face)
+    }
+
+    /// Every face of at least `min_face` pixels (never under 12).
+    pub fn detect_down_to(&self, image: &RgbImage, min_face: f64) -> Vec<Detection> {
         let (w, h) = (image.width() as i64, image.height() as i64);
         if w.min(h) < 12 {
             return Vec::new();
         }
         tch::no_grad(|| {
             let img = Integral::new(image);
-            let mut cands = self.propose(&img);
+            let mut cands = self.propose(&img, min_face.max(12.0));
             if cands.is_empty() {
                 return Vec::new();
             }
@@ -186,10 +191,10 @@ impl FaceDetector {
     }
 
     /// P-Net over the pyramid: square proposals, after non-maximum suppression.
-    fn propose(&self, img: &Integral) -> Vec<Candidate> {
+    fn propose(&self, img: &Integral, min_face: f64) -> Vec<Candidate> {
         let (w, h) = (img.w as i64, img.h as i64);
         let o = &self.options;
-        let mut scale = 12.0 / o.min_face;
+        let mut scale = 12.0 / min_face;
         let mut side = w.min(h) as f64 * scale;
         let mut all = Vec::new();
         while side >= 12.0 {

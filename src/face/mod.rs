@@ -55,11 +55,7 @@ impl Pipeline {
         let pre_cropped = matches!(image, DynamicImage::ImageLuma8(_)) && gray.dimensions() == (SIDE as u32, SIDE as u32);
         let started = Instant::now();
         let boxes: Vec<(FaceBox, Option<f64>, FaceBox)> = if detect && !pre_cropped {
-            self.detector
-                .detect(&image.to_rgb8())
-                .into_iter()
-                .map(|d| (d.bbox, Some(d.score), self.framing.frame(&d)))
-                .collect()
+            self.detect(image).into_iter().map(|d| (d.bbox, Some(d.score), self.framing.frame(&d))).collect()
         } else {
             let whole = FaceBox { x: 0.0, y: 0.0, w, h };
             vec![(whole, None, whole)]
@@ -83,6 +79,30 @@ impl Pipeline {
             .map(|((bbox, score, frame), p)| FaceResult { bbox, score, frame, label: CLASSES[argmax(&p)], probabilities: p })
             .collect();
         Analysis { faces: results, detect: detected, classify: started.elapsed() - detected }
+    }
+}
+
+/// Photos over this many pixels are searched at this size (faces too small to find there
+/// carry little expression at 48x48 anyway); boxes come back in the photo's own pixels.
+pub const DETECT_MAX_PIXELS: f64 = 4e6;
+
+impl Pipeline {
+    fn detect(&self, image: &DynamicImage) -> Vec<detect::Detection> {
+        let (w, h) = (image.width() as f64, image.height() as f64);
+        let factor = (w * h / DETECT_MAX_PIXELS).sqrt();
+        if factor <= 1.0 {
+            return self.detector.detect(&image.to_rgb8());
+        }
+        let small = image.resize_exact((w / factor) as u32, (h / factor) as u32, image::imageops::FilterType::Triangle).to_rgb8();
+        let (fx, fy) = (w / small.width() as f64, h / small.height() as f64);
+        let mut found = self.detector.detect_down_to(&small, self.detector.options.min_face / fx);
+        for d in &mut found {
+            d.bbox = FaceBox { x: d.bbox.x * fx, y: d.bbox.y * fy, w: d.bbox.w * fx, h: d.bbox.h * fy };
+            for p in &mut d.landmarks {
+                *p = (p.0 * fx, p.1 * fy);
+            }
+        }
+        found
     }
 }
 
