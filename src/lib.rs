@@ -21,5 +21,6 @@ pub mod optim;
 pub mod plot;
 pub mod predict;
 pub mod report;
+pub mod serve;
 pub mod stats;
 pub mod train;

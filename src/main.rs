@@ -94,6 +94,28 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// A JSON API and a web page (photo upload and webcam) on the face pipeline.
+    Serve {
+        /// The model folder (default: the shipped tiny model).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// Largest request body in megabytes.
+        #[arg(long, default_value_t = 10.0)]
+        max_body_mb: f64,
+        /// Requests that may wait for a worker; more are answered 503.
+        #[arg(long, default_value_t = 16)]
+        queue: usize,
+        /// Inference threads (each holds its own copy of the model).
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        /// Smallest face the detector searches for, in pixels.
+        #[arg(long, default_value_t = 40.0)]
+        min_face: f64,
+    },
     /// Face detection: calibrate the FER-2013 framing.
     Detect {
         #[command(subcommand)]
@@ -314,6 +336,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let out = out.unwrap_or_else(|| PathBuf::from("results").join(&ablation.name));
             let data = fer::data::load(&cli.data)?;
             println!("{}", fer::ablate::run(&ablation, &base, &data, &runs, &out)?);
+        }
+        Command::Serve { model, host, port, max_body_mb, queue, workers, min_face } => {
+            let options = fer::serve::ServeOptions {
+                model: model.map_or_else(fer::predict::default_model, Ok)?,
+                max_body: (max_body_mb * 1e6) as usize,
+                queue,
+                workers,
+                detector: fer::face::detect::DetectorOptions { min_face, ..Default::default() },
+            };
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(fer::serve::serve(options, &host, port))?;
         }
         Command::Detect { command: DetectCommand::Calibrate { faces, split, out } } => {
             let split = Split::parse(&split).ok_or_else(|| anyhow::anyhow!("unknown split `{split}`"))?;

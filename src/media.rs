@@ -20,34 +20,50 @@ pub fn has_extension(path: &Path, list: &[&str]) -> bool {
     path.extension().and_then(|e| e.to_str()).is_some_and(|e| list.iter().any(|x| x.eq_ignore_ascii_case(e)))
 }
 
+/// Why bytes are not a usable image.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum ImageError {
+    #[error("empty file")]
+    Empty,
+    #[error("not an image (unrecognised format)")]
+    NotAnImage,
+    /// A recognised format that does not decode (corrupt, truncated).
+    #[error("{0}")]
+    Unreadable(String),
+    /// Over the size limits: refused from the header, before decoding (decompression bombs).
+    #[error("{w}x{h} pixels is over the limit of {} megapixels ({MAX_SIDE} px a side): refused", MAX_PIXELS / 1_000_000)]
+    TooLarge { w: u32, h: u32 },
+}
+
 /// Decodes an image from its bytes: the format from its content, the first frame of an
-/// animation, EXIF orientation applied. `Err` says what is wrong, for a message.
-pub fn decode_image(bytes: &[u8]) -> Result<DynamicImage, String> {
+/// animation, EXIF orientation applied.
+pub fn decode_image(bytes: &[u8]) -> Result<DynamicImage, ImageError> {
     if bytes.is_empty() {
-        return Err("empty file".into());
+        return Err(ImageError::Empty);
     }
-    let reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| e.to_string())?;
+    let unreadable = |e: String| ImageError::Unreadable(e);
+    let reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| unreadable(e.to_string()))?;
     let Some(format) = reader.format() else {
-        return Err("not an image (unrecognised format)".into());
+        return Err(ImageError::NotAnImage);
     };
     if format == image::ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
         // The JPEG decoder fills a cut-off image with gray rather than failing.
-        return Err("truncated Jpeg image: no end-of-image marker after its last scan".into());
+        return Err(unreadable("truncated Jpeg image: no end-of-image marker after its last scan".into()));
     }
     // Refuse what would not fit before decoding it: dimensions are in the header.
-    let (w, h) = reader.into_dimensions().map_err(|e| format!("unreadable {format:?} image: {e}"))?;
+    let (w, h) = reader.into_dimensions().map_err(|e| unreadable(format!("unreadable {format:?} image: {e}")))?;
     if w.max(h) > MAX_SIDE || w as u64 * h as u64 > MAX_PIXELS {
-        return Err(format!("{w}x{h} pixels is over the limit of {} megapixels ({MAX_SIDE} px a side): refused", MAX_PIXELS / 1_000_000));
+        return Err(ImageError::TooLarge { w, h });
     }
-    let mut reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| e.to_string())?;
+    let mut reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| unreadable(e.to_string()))?;
     let mut limits = Limits::default();
     limits.max_image_width = Some(MAX_SIDE);
     limits.max_image_height = Some(MAX_SIDE);
     limits.max_alloc = Some(MAX_PIXELS * 4);
     reader.limits(limits);
-    let mut decoder = reader.into_decoder().map_err(|e| format!("unreadable {format:?} image: {e}"))?;
+    let mut decoder = reader.into_decoder().map_err(|e| unreadable(format!("unreadable {format:?} image: {e}")))?;
     let orientation = image::ImageDecoder::orientation(&mut decoder).unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| format!("unreadable {format:?} image: {e}"))?;
+    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| unreadable(format!("unreadable {format:?} image: {e}")))?;
     img.apply_orientation(orientation);
     Ok(img)
 }
@@ -63,7 +79,7 @@ fn jpeg_is_complete(bytes: &[u8]) -> bool {
 /// Reads and decodes an image file.
 pub fn read_image(path: &Path) -> Result<DynamicImage, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
-    decode_image(&bytes)
+    decode_image(&bytes).map_err(|e| e.to_string())
 }
 
 /// Reads all of standard input.
@@ -239,12 +255,13 @@ mod tests {
             let back = decode_image(&encode(&img, format)).unwrap_or_else(|e| panic!("{format:?}: {e}"));
             assert_eq!((back.width(), back.height()), (30, 20), "{format:?}");
         }
-        assert_eq!(decode_image(b"").unwrap_err(), "empty file");
-        assert!(decode_image(b"hello, world").unwrap_err().contains("not an image"));
+        let message = |bytes: &[u8]| decode_image(bytes).unwrap_err().to_string();
+        assert_eq!(decode_image(b"").unwrap_err(), ImageError::Empty);
+        assert_eq!(decode_image(b"hello, world").unwrap_err(), ImageError::NotAnImage);
         let png = encode(&img, image::ImageFormat::Png);
-        assert!(decode_image(&png[..png.len() / 2]).unwrap_err().contains("unreadable Png image"));
+        assert!(message(&png[..png.len() / 2]).contains("unreadable Png image"));
         let jpeg = encode(&img, image::ImageFormat::Jpeg);
-        assert!(decode_image(&jpeg[..jpeg.len() - 40]).unwrap_err().contains("truncated Jpeg image"));
+        assert!(message(&jpeg[..jpeg.len() - 40]).contains("truncated Jpeg image"));
         let mut trailing = jpeg.clone();
         trailing.extend_from_slice(b"data some cameras append");
         assert!(decode_image(&trailing).is_ok(), "bytes after the end marker are fine");
@@ -257,7 +274,8 @@ mod tests {
         bmp[18..22].copy_from_slice(&50_000i32.to_le_bytes());
         bmp[22..26].copy_from_slice(&50_000i32.to_le_bytes());
         let err = decode_image(&bmp).unwrap_err();
-        assert!(err.contains("50000x50000 pixels is over the limit"), "{err}");
+        assert_eq!(err, ImageError::TooLarge { w: 50_000, h: 50_000 });
+        assert!(err.to_string().contains("50000x50000 pixels is over the limit"), "{err}");
     }
 
     #[test]

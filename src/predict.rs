@@ -261,7 +261,7 @@ impl Tally {
 fn photo(pipeline: &Pipeline, path: &Path, name: &str, opts: &PredictOptions, sink: &mut Sink, tally: &mut Tally, out: &mut impl Write) -> Result<(), String> {
     let t = Instant::now();
     let bytes = if path.as_os_str() == "-" { media::read_stdin()? } else { std::fs::read(path).map_err(|e| format!("cannot read: {e}"))? };
-    let image = media::decode_image(&bytes)?;
+    let image = media::decode_image(&bytes).map_err(|e| e.to_string())?;
     tally.decode += t.elapsed();
     let analysis = pipeline.analyse(&image, opts.detect);
     tally.count(&analysis);
