@@ -63,10 +63,81 @@ fn faces(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
     Ok(json!({"impl": "fer", "mode": "faces", "group": time(&group), "close_up": time(&close_up), "threads": tch::get_num_threads()}))
 }
 
+/// Resident memory of this process in MB (Linux), for the load run's "memory stays flat".
+fn resident_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb = status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok());
+    kb.unwrap_or(0.0) / 1024.0
+}
+
+/// A bounded load run of `fer serve` on the loopback interface: `steps` requests of a 640x480
+/// photo (a crop of the Solvay photo, 11 faces) from 1, 4 and 16 concurrent clients; requests
+/// per second, p50 / p99 latency, failures, and resident memory before and after.
+fn serve(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
+    let photo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/solvay-1927.jpg");
+    let image = crate::media::read_image(&photo).map_err(|e| anyhow::anyhow!("{}: {e}", photo.display()))?;
+    let mut jpeg = std::io::Cursor::new(Vec::new());
+    image.crop_imm(0, 180, 960, 720).resize_exact(640, 480, image::imageops::FilterType::Triangle).write_to(&mut jpeg, image::ImageFormat::Jpeg)?;
+    let body = jpeg.into_inner();
+    let options = crate::serve::ServeOptions {
+        model: crate::predict::default_model()?,
+        max_body: 10_000_000,
+        queue: 64,
+        workers: 1,
+        detector: Default::default(),
+    };
+    let app = crate::serve::app(options)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let url = format!("http://{}/api/predict", listener.local_addr()?);
+    runtime.spawn(async move { axum::serve(listener, app).await });
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let post = |agent: &ureq::Agent| agent.post(&url).header("Content-Type", "image/jpeg").send(&body[..]).map(|r| r.status().as_u16()).unwrap_or(0);
+    for _ in 0..args.warmup {
+        post(&agent);
+    }
+    let mut rows = Vec::new();
+    for clients in [1usize, 4, 16] {
+        let before = resident_mb();
+        let per_client = args.steps.div_ceil(clients);
+        let started = Instant::now();
+        let results: Vec<(u16, f64)> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..clients)
+                .map(|_| {
+                    let agent = agent.clone();
+                    let post = &post;
+                    s.spawn(move || {
+                        (0..per_client)
+                            .map(|_| {
+                                let t = Instant::now();
+                                let status = post(&agent);
+                                (status, t.elapsed().as_secs_f64() * 1e3)
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+        });
+        let wall = started.elapsed().as_secs_f64();
+        let mut latency: Vec<f64> = results.iter().map(|r| r.1).collect();
+        latency.sort_by(f64::total_cmp);
+        let pick = |q: f64| latency[((latency.len() - 1) as f64 * q).round() as usize];
+        rows.push(json!({
+            "clients": clients, "requests": results.len(), "failed": results.iter().filter(|r| r.0 != 200).count(),
+            "requests_per_s": results.len() as f64 / wall, "p50_ms": pick(0.5), "p99_ms": pick(0.99),
+            "rss_mb_before": before, "rss_mb_after": resident_mb(),
+        }));
+    }
+    Ok(json!({"impl": "fer", "mode": "serve", "photo": "640x480 JPEG, 11 faces", "workers": 1, "threads": tch::get_num_threads(), "runs": rows}))
+}
+
 /// Runs one measurement and returns its JSON line.
 pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
-    if args.mode == "faces" {
-        return faces(args);
+    match args.mode.as_str() {
+        "faces" => return faces(args),
+        "serve" => return serve(args),
+        _ => {}
     }
     tch::manual_seed(0);
     let (mut config, _) = crate::flops::resolve(&args.model)?;
@@ -184,7 +255,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
             let r = crate::flops::count(&config.layers()?)?;
             json!({"fvcore_flops": r.fvcore_total, "params": r.params})
         }
-        other => anyhow::bail!("unknown bench mode `{other}` (step, infer, epoch, data, matmul, flops, faces)"),
+        other => anyhow::bail!("unknown bench mode `{other}` (step, infer, epoch, data, matmul, flops, faces, serve)"),
     };
     let mut line = json!({
         "engine": "fer-tch-0.24-libtorch-2.11",

@@ -200,7 +200,8 @@ enum Command {
     /// Time training steps or inference like ../shared/bench/torch_reference.py (JSON line).
     Bench {
         /// step, infer, epoch (the real images), data (decode, CSV, cache timings), matmul (peak), flops,
-        /// faces (detection and classification of a one-megapixel photo)
+        /// faces (detection and classification of a one-megapixel photo), serve (a load run of
+        /// `fer serve` on loopback: --steps requests at 1, 4 and 16 clients)
         mode: String,
         #[arg(long, default_value = "mobile")]
         model: String,
