@@ -2,14 +2,13 @@
 //! (chromedriver, through fantoccini). A photo is uploaded and labelled; Chromium's fake camera,
 //! fed a video made from a real photo, goes through the webcam path; a refused camera and an
 //! unreachable server are said so. Screenshots go to runs/screenshots/.
+mod common;
+
+use common::{fixture, start_server};
 use fantoccini::{ClientBuilder, Locator};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
-}
 
 fn found(tool: &str) -> bool {
     let ok = Command::new(tool).arg("--version").output().is_ok_and(|o| o.status.success());
@@ -17,32 +16,6 @@ fn found(tool: &str) -> bool {
         eprintln!("skipped: {tool} is not installed (scripts/test.sh installs chromium and chromium-driver as root)");
     }
     ok
-}
-
-/// A server on a free loopback port, and the switch that stops it.
-fn start_server() -> (String, tokio::sync::oneshot::Sender<()>) {
-    let options = fer::serve::ServeOptions {
-        model: fer::predict::default_model().unwrap(),
-        max_body: 10_000_000,
-        queue: 16,
-        workers: 1,
-        detector: Default::default(),
-    };
-    let app = fer::serve::app(options).unwrap();
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    std::thread::spawn(move || {
-        tokio::runtime::Runtime::new().unwrap().block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            addr_tx.send(listener.local_addr().unwrap()).unwrap();
-            axum::serve(listener, app).with_graceful_shutdown(async move {
-                let _ = stop_rx.await;
-            })
-            .await
-            .unwrap();
-        });
-    });
-    (format!("http://{}", addr_rx.recv().unwrap()), stop_tx)
 }
 
 /// chromedriver on a free port, killed when dropped.
@@ -135,7 +108,7 @@ fn the_page_labels_an_uploaded_photo_and_the_webcam() {
         .status()
         .unwrap();
     assert!(made.success());
-    let (base, stop) = start_server();
+    let (base, stop) = start_server(10_000_000, 16);
     let driver = start_driver();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {

@@ -1,12 +1,10 @@
 //! Faces in the wild: detection, FER-2013 framing, and `fer predict` on photos and videos.
 mod common;
 
-use fer::face::detect::{DetectorOptions, FaceDetector};
-use std::path::{Path, PathBuf};
+use common::fixture;
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
-}
+use fer::face::detect::{DetectorOptions, FaceDetector};
+use std::path::Path;
 
 #[test]
 fn the_detector_finds_the_solvay_conference() {

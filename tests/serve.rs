@@ -1,31 +1,7 @@
 //! `fer serve` over real HTTP on the loopback interface: answers, every error, a full queue.
-use std::path::Path;
+mod common;
 
-fn fixture(name: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
-}
-
-/// Starts a server on a free loopback port; returns its base URL.
-fn start(max_body: usize, queue: usize) -> String {
-    let options = fer::serve::ServeOptions {
-        model: fer::predict::default_model().unwrap(),
-        max_body,
-        queue,
-        workers: 1,
-        detector: Default::default(),
-    };
-    let app = fer::serve::app(options).unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Runtime::new().unwrap();
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            axum::serve(listener, app).await.unwrap();
-        });
-    });
-    format!("http://{}", rx.recv().unwrap())
-}
+use common::{fixture, start_server};
 
 /// Sends raw request text and returns everything the server answers before closing.
 fn raw_request(base: &str, request: &str) -> String {
@@ -68,7 +44,7 @@ fn get(url: &str) -> (u16, serde_json::Value) {
 
 #[test]
 fn the_api_answers_photos_forms_and_cropped_faces() {
-    let base = start(10_000_000, 16);
+    let (base, _stop) = start_server(10_000_000, 16);
     assert_eq!(get(&format!("{base}/api/health")), (200, serde_json::json!({"status": "ok"})));
     let (status, card) = get(&format!("{base}/api/model"));
     assert_eq!(status, 200);
@@ -111,7 +87,7 @@ fn the_api_answers_photos_forms_and_cropped_faces() {
 
 #[test]
 fn every_error_is_json_and_leaves_the_server_working() {
-    let base = start(1_000_000, 16);
+    let (base, _stop) = start_server(1_000_000, 16);
     let url = format!("{base}/api/predict");
     let photo = std::fs::read(fixture("solvay-1927.jpg")).unwrap();
     let mut bomb = std::io::Cursor::new(Vec::new());
@@ -152,7 +128,7 @@ fn every_error_is_json_and_leaves_the_server_working() {
 fn concurrent_requests_all_get_answers_and_a_full_queue_says_503() {
     let photo = std::fs::read(fixture("solvay-1927.jpg")).unwrap();
     // Room for everyone: 6 clients at once, all answered alike.
-    let base = start(10_000_000, 16);
+    let (base, _stop) = start_server(10_000_000, 16);
     let answers: Vec<(u16, serde_json::Value)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..6).map(|_| s.spawn(|| post(&format!("{base}/api/predict"), "image/jpeg", &photo))).collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
@@ -160,7 +136,7 @@ fn concurrent_requests_all_get_answers_and_a_full_queue_says_503() {
     assert!(answers.iter().all(|(status, a)| *status == 200 && a["faces"] == answers[0].1["faces"]));
 
     // One worker, room for one waiting request: of 8 at once, some are turned away with 503.
-    let base = start(10_000_000, 1);
+    let (base, _stop) = start_server(10_000_000, 1);
     let statuses: Vec<u16> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..8).map(|_| s.spawn(|| post(&format!("{base}/api/predict"), "image/jpeg", &photo))).collect();
         handles

@@ -86,3 +86,36 @@ pub fn tiny_config(name: &str, epochs: usize) -> fer::config::Config {
     let text = format!("name = \"{name}\"\nseed = 7\n{TINY_NET}\n[train]\nepochs = {epochs}\nbatch_size = 32\nlr = 0.01\n");
     fer::config::Config::parse(&text).unwrap()
 }
+
+/// A `fer serve` app on a free loopback port, run on its own thread: its base URL, and the
+/// switch that stops it.
+pub fn start_server(max_body: usize, queue: usize) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let options = fer::serve::ServeOptions {
+        model: fer::predict::default_model().unwrap(),
+        max_body,
+        queue,
+        workers: 1,
+        detector: Default::default(),
+    };
+    let app = fer::serve::app(options).unwrap();
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        tokio::runtime::Runtime::new().unwrap().block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            addr_tx.send(listener.local_addr().unwrap()).unwrap();
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop_rx.await;
+                })
+                .await
+                .unwrap();
+        });
+    });
+    (format!("http://{}", addr_rx.recv().unwrap()), stop_tx)
+}
+
+/// A file of `tests/fixtures/`.
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
