@@ -35,3 +35,4 @@ tiny=$(best_on_publictest tiny tiny-distilled)
 echo "== shipping accurate and $tiny (the tiny run better on PublicTest)"
 "$FER" export runs/accurate --out models/accurate
 "$FER" export "runs/$tiny" --out models/tiny
+scripts/report.sh

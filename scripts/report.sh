@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# REPORT.md and results/report/ from the committed records: the baseline, the ablations and
+# their seed runs, the front's runs and the shipped models. Records not there yet are left out.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+FER=${FER:-./fer}
+args=(--baseline results/baseline --data-stats results/data/stats.json --copy-to REPORT.md)
+for dir in results/ablation results/ablation-one-off; do
+    [[ -f $dir/ablation.csv ]] && args+=(--ablation "$dir")
+done
+for run in results/ablation-seeds/*/; do
+    [[ -f $run/summary.json ]] && args+=(--seed-run "${run%/}")
+done
+for name in accurate tiny tiny-distilled; do
+    [[ -f results/frontier/$name/summary.json ]] && args+=(--run "results/frontier/$name")
+done
+for model in models/*/; do
+    [[ -f $model/card.json ]] && args+=(--model "${model%/}")
+done
+"$FER" report "${args[@]}"
