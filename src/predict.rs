@@ -222,7 +222,7 @@ pub fn run(pipeline: &Pipeline, inputs: &[PathBuf], opts: &PredictOptions) -> an
         bar.inc(1);
     }
     bar.finish_and_clear();
-    if !opts.quiet {
+    if !opts.quiet && tally.images + tally.frames > 0 {
         eprintln!("{}", tally.summary(started.elapsed()));
     }
     let n = tally.failed.len();
