@@ -571,18 +571,24 @@ fn beyond_the_ablation(md: &mut String, runs: &[Run], out: &Path) -> anyhow::Res
     let configs: Vec<crate::config::Config> = runs.iter().map(|r| crate::config::Config::parse(&r.config)).collect::<anyhow::Result<_>>()?;
     writeln!(md, "### Beyond the ablation: longer training and distillation
 ")?;
-    writeln!(md, "| run | network | epochs (best) | distilled from | eval blur (σ, chosen on PublicTest) | PublicTest | PrivateTest (leak-aware) | FLOPs (fvcore) | efficiency |\n|---|---|---:|---|---|---:|---:|---:|---:|")?;
+    // The evaluation blur gets a column only where some run used it.
+    let blurred = runs.iter().zip(&configs).any(|(r, c)| c.train.eval_blur > 0.0 || !r.summary.blur_sweep.is_empty());
+    let blur_head = if blurred { " eval blur (σ, chosen on PublicTest) |" } else { "" };
+    let blur_rule = if blurred { "---|" } else { "" };
+    writeln!(md, "| run | network | epochs (best) | distilled from |{blur_head} PublicTest | PrivateTest (leak-aware) | FLOPs (fvcore) | efficiency |\n|---|---|---:|---|{blur_rule}---:|---:|---:|---:|")?;
     for (r, c) in runs.iter().zip(&configs) {
         let s = &r.summary;
-        let blur = if s.blur_sweep.is_empty() {
-            format!("{}", c.train.eval_blur)
+        let blur = if !blurred {
+            String::new()
+        } else if s.blur_sweep.is_empty() {
+            format!(" {} |", c.train.eval_blur)
         } else {
             let tried: Vec<String> = s.blur_sweep.iter().map(|b| format!("{}: {}", b.sigma, pct(b.val_acc))).collect();
-            format!("**{}** ({})", s.eval_blur, tried.join(", "))
+            format!(" **{}** ({}) |", s.eval_blur, tried.join(", "))
         };
         writeln!(
             md,
-            "| [{}]({}) | {} | {} ({}) | {} | {} | {} | {} | {} | {:.1} |",
+            "| [{}]({}) | {} | {} ({}) | {} |{} {} | {} | {} | {:.1} |",
             s.name,
             rel(&r.dir, out),
             network(c),
