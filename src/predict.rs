@@ -231,6 +231,12 @@ pub fn run(pipeline: &Pipeline, inputs: &[PathBuf], opts: &PredictOptions) -> an
 }
 
 impl Tally {
+    fn count(&mut self, a: &Analysis) {
+        self.faces += a.faces.len();
+        self.detect += a.detect;
+        self.classify += a.classify;
+    }
+
     fn summary(&self, wall: Duration) -> String {
         let busy = (self.decode + self.detect + self.classify).as_secs_f64().max(1e-9);
         let share = |d: Duration| 100.0 * d.as_secs_f64() / busy;
@@ -345,14 +351,6 @@ fn video(pipeline: &Pipeline, path: &Path, name: &str, opts: &PredictOptions, si
         crate::plot::emotion_timeline(&dest, name, &timeline).map_err(|e| e.to_string())?;
     }
     Ok(())
-}
-
-impl Tally {
-    fn count(&mut self, a: &Analysis) {
-        self.faces += a.faces.len();
-        self.detect += a.detect;
-        self.classify += a.classify;
-    }
 }
 
 /// A grid of `n` random faces of `split`: true label, predicted label and its probability.

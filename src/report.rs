@@ -295,13 +295,15 @@ fn noise(seed_runs: &[Run], others: &[Run]) -> anyhow::Result<Option<Noise>> {
         Ok(c.to_toml())
     };
     let want = recipe(first)?;
-    let mut group: Vec<&Run> = Vec::new();
-    for r in seed_runs.iter().chain(others) {
-        if recipe(r)? == want && !group.iter().any(|g| g.summary.seed == r.summary.seed) {
+    for r in seed_runs {
+        anyhow::ensure!(recipe(r)? == want, "the seed runs must share one recipe");
+    }
+    let mut group: Vec<&Run> = seed_runs.iter().collect();
+    for r in others {
+        if !group.iter().any(|g| g.summary.seed == r.summary.seed) && recipe(r)? == want {
             group.push(r);
         }
     }
-    anyhow::ensure!(seed_runs.iter().all(|r| recipe(r).ok().as_ref() == Some(&want)), "the seed runs must share one recipe");
     group.sort_by_key(|r| r.summary.seed);
     let original = group.iter().find(|r| !seed_runs.iter().any(|s| s.dir == r.dir)).unwrap_or(&group[0]);
     Ok(Some(Noise {

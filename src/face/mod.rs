@@ -35,6 +35,10 @@ pub struct Analysis {
     pub classify: Duration,
 }
 
+/// Photos over this many pixels are searched at this size (faces too small to find there
+/// carry little expression at 48x48 anyway); boxes come back in the photo's own pixels.
+pub const DETECT_MAX_PIXELS: f64 = 4e6;
+
 /// The face pipeline: a classifier, the detector and the FER-2013 framing, loaded once.
 pub struct Pipeline {
     pub model: Trained,
@@ -80,13 +84,7 @@ impl Pipeline {
             .collect();
         Analysis { faces: results, detect: detected, classify: started.elapsed() - detected }
     }
-}
 
-/// Photos over this many pixels are searched at this size (faces too small to find there
-/// carry little expression at 48x48 anyway); boxes come back in the photo's own pixels.
-pub const DETECT_MAX_PIXELS: f64 = 4e6;
-
-impl Pipeline {
     fn detect(&self, image: &DynamicImage) -> Vec<detect::Detection> {
         let (w, h) = (image.width() as f64, image.height() as f64);
         let factor = (w * h / DETECT_MAX_PIXELS).sqrt();
@@ -105,6 +103,7 @@ impl Pipeline {
         found
     }
 }
+
 
 pub fn argmax(p: &[f32; NUM_CLASSES]) -> usize {
     (0..NUM_CLASSES).max_by(|&a, &b| p[a].total_cmp(&p[b])).unwrap()
