@@ -2,7 +2,7 @@
 # The accuracy-per-FLOP frontier, end to end: trains the tiny model (separable convnet, under
 # 5 MFLOPs folded), the accurate model (also the teacher), the tiny model distilled from it and
 # the nano model (under 1 MFLOP), and ships the accurate model, the tiny run that is better on
-# PublicTest and the nano model to models/ (BN folded). Interrupted runs resume; finished ones are skipped. Records go to
+# PublicTest and the nano model to models/ (BN folded, with model.onnx checked in tract). Interrupted runs resume; finished ones are skipped. Records go to
 # results/frontier/. About 1.5 hours on 2 CPU cores; run it in the background:
 #   nohup scripts/frontier.sh > runs/frontier.log 2>&1 &
 # FER=path/to/a/copy/of/the/binary makes it use that binary throughout, so that rebuilding fer
@@ -34,7 +34,7 @@ train nano
 
 tiny=$(best_on_publictest tiny tiny-distilled)
 echo "== shipping accurate and $tiny (the tiny run better on PublicTest)"
-"$FER" export runs/accurate --out models/accurate
-"$FER" export "runs/$tiny" --out models/tiny
-"$FER" export runs/nano --out models/nano
+"$FER" export runs/accurate --out models/accurate --onnx
+"$FER" export "runs/$tiny" --out models/tiny --onnx
+"$FER" export runs/nano --out models/nano --onnx
 scripts/report.sh

@@ -9,6 +9,7 @@ use tch::Tensor;
 use crate::config::{Config, ModelConfig};
 use crate::data::{write_atomic, Dataset, Split};
 use crate::model::{fold_batch_norm, param_count};
+use crate::onnx::Agreement;
 use crate::train::{copy_named, Summary, Trained};
 
 /// The same model with every conv + batch-norm pair folded into one convolution.
@@ -56,6 +57,22 @@ pub struct Card {
     pub teacher: Option<String>,
     /// The commands that retrain and re-export it.
     pub reproduce: String,
+    /// `model.onnx`, checked against libtorch by an independent runtime (absent until
+    /// `fer export --onnx` writes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub onnx: Option<OnnxCheck>,
+}
+
+/// What the check of `model.onnx` found: tract's run of the file against libtorch's run of the
+/// model, on PublicTest (or on synthetic faces without the data).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OnnxCheck {
+    pub opset: i64,
+    /// The faces checked: "PublicTest" or "synthetic".
+    pub faces_from: String,
+    pub agreement: Agreement,
+    /// PublicTest accuracy through tract (None without the data).
+    pub val_acc: Option<f64>,
 }
 
 /// Exports the finished run in `run` (its `summary.json` must exist) to the folder `out`:
@@ -111,6 +128,7 @@ pub fn export(run: &Path, out: &Path, data: Option<&Dataset>) -> anyhow::Result<
         machine: summary.machine.clone(),
         teacher: train_config.train.teacher.clone(),
         reproduce,
+        onnx: None,
     };
     std::fs::create_dir_all(out)?;
     folded.save(&out.join("model.safetensors"))?;
@@ -119,6 +137,53 @@ pub fn export(run: &Path, out: &Path, data: Option<&Dataset>) -> anyhow::Result<
     write_atomic(&out.join("card.json"), &serde_json::to_vec_pretty(&card)?)?;
     write_atomic(&out.join("card.md"), card_markdown(&card, train_config).as_bytes())?;
     Ok(card)
+}
+
+/// Writes `model.onnx` into the model folder `dir` (as [`export`] leaves it), checks it in tract
+/// against libtorch on PublicTest (synthetic faces without the data), and records the check in
+/// the card. A file that disagrees is an error, not a shipped model.
+pub fn export_onnx(dir: &Path, data: Option<&Dataset>) -> anyhow::Result<OnnxCheck> {
+    let card_file = dir.join("card.json");
+    let mut card: Card = serde_json::from_slice(
+        &std::fs::read(&card_file).map_err(|e| anyhow::anyhow!("{}: no card.json ({e}); export a finished run first", dir.display()))?,
+    )?;
+    let model = Trained::load(dir, tch::Device::Cpu)?;
+    let pct = |x: f64| format!("{:.2}", 100.0 * x);
+    let mut metadata = vec![
+        ("name".to_string(), card.name.clone()),
+        ("fvcore_flops".to_string(), card.fvcore_flops.to_string()),
+        ("publictest_accuracy_percent".to_string(), pct(card.val_acc)),
+        ("privatetest_accuracy_percent".to_string(), pct(card.test_acc)),
+    ];
+    if let Some(unseen) = card.test_acc_unseen {
+        metadata.push(("privatetest_leak_aware_accuracy_percent".to_string(), pct(unseen)));
+    }
+    let onnx = crate::onnx::to_onnx(&model, &metadata)?;
+    let (faces, faces_from) = match data {
+        Some(d) => (d.split(Split::PublicTest), "PublicTest"),
+        None => {
+            let mut rng = fastrand::Rng::with_seed(0);
+            let n = 64;
+            let pixels = (0..n * crate::data::SIDE * crate::data::SIDE).map(|_| rng.u8(..)).collect();
+            (crate::data::Faces { pixels, labels: vec![0; n], twin_in_training: Vec::new() }, "synthetic")
+        }
+    };
+    let (agreement, labels) = crate::onnx::check(&onnx, &model, &faces)?;
+    anyhow::ensure!(
+        agreement.max_probability_diff < 1e-4 && agreement.same_label == agreement.faces,
+        "the ONNX graph disagrees with libtorch: probabilities differ by up to {:.2e}, labels on {} of {} faces",
+        agreement.max_probability_diff,
+        agreement.faces - agreement.same_label,
+        agreement.faces
+    );
+    let val_acc = data.map(|_| labels.iter().zip(&faces.labels).filter(|(&l, &y)| l == y as usize).count() as f64 / faces.len() as f64);
+    write_atomic(&dir.join("model.onnx"), &onnx)?;
+    let check = OnnxCheck { opset: crate::onnx::OPSET, faces_from: faces_from.into(), agreement, val_acc };
+    card.onnx = Some(check.clone());
+    let train_config = Config::load(&dir.join("train.toml"))?;
+    write_atomic(&card_file, &serde_json::to_vec_pretty(&card)?)?;
+    write_atomic(&dir.join("card.md"), card_markdown(&card, &train_config).as_bytes())?;
+    Ok(check)
 }
 
 /// The model card, for people.
@@ -150,12 +215,26 @@ pub fn card_markdown(card: &Card, train_config: &Config) -> String {
             card.folded_val_acc.map_or("not checked (no data at export)".into(), pct),
         ),
     ];
-    for (k, v) in rows {
+    let onnx_row = card.onnx.as_ref().map(|o| {
+        let a = &o.agreement;
+        let mut v = format!(
+            "`model.onnx` (opset {}), run by tract on {} {} faces: probabilities within {:.1e} of libtorch's, the same label on {} of them",
+            o.opset, a.faces, o.faces_from, a.max_probability_diff, a.same_label
+        );
+        if let Some(acc) = o.val_acc {
+            v += &format!("; PublicTest through tract {}", pct(acc));
+        }
+        ("ONNX", v)
+    });
+    for (k, v) in rows.into_iter().chain(onnx_row) {
         md += &format!("| {k} | {v} |\n");
     }
     md += &format!("\n## Architecture (as deployed)\n\n{}\n\n", card.architecture);
     md += "## Use\n\n```sh\n./fer predict face.png                      # the tiny model is the default\n";
     md += &format!("./fer eval --model models/{} --split PrivateTest\n```\n\n", card.name);
+    if card.onnx.is_some() {
+        md += &format!("From Python with onnxruntime: input `pixels`, float32 `[N, 1, 48, 48]` grayscale in 0..255 (the scaling is inside the graph); outputs `logits` and `probabilities`, `[N, 7]`, classes in the order of the metadata's `classes`.\n\n```python\n{}```\n\n", crate::onnx::python_example(&format!("models/{}/model.onnx", card.name)));
+    }
     md += &format!("## Reproduce\n\n```sh\n{}\n```\n\n", card.reproduce);
     md += &format!("## Training config (`train.toml`)\n\n```toml\n{}```\n\n", train_config.to_toml());
     md += "## Limitations\n\nAccuracy is per the PrivateTest split of FER-2013; faces from other sources (other crops, lighting, ages, ethnic groups) will score differently. FER-2013's labels are noisy (57 groups of identical faces carry conflicting labels), and some PrivateTest faces have pixel-identical twins in Training: the leak-aware accuracy leaves those out. Expression is not emotion.\n";

@@ -17,6 +17,7 @@ pub mod flops;
 pub mod loss;
 pub mod media;
 pub mod model;
+pub mod onnx;
 pub mod optim;
 pub mod plot;
 pub mod predict;

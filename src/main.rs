@@ -141,13 +141,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Ship a finished run as a model folder: batch norm folded, weights, config, model card.
+    /// Ship a finished run as a model folder: batch norm folded, weights, config, model card;
+    /// with --onnx also `model.onnx`, checked against libtorch in tract.
     Export {
-        /// The finished run's folder (runs/<name>).
+        /// The finished run's folder (runs/<name>); or, with --onnx, a model folder already
+        /// exported (models/<name>), which gains its `model.onnx`.
         run: PathBuf,
         /// The model folder to write (default models/<run name>).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Also write `model.onnx` (opset 17, input `pixels` [N, 1, 48, 48] in 0..255, outputs
+        /// `logits` and `probabilities`), checked against libtorch on PublicTest.
+        #[arg(long)]
+        onnx: bool,
     },
     /// Find and label every face in photos, folders, videos or standard input (`-`); or draw a
     /// grid of random test faces with their predictions.
@@ -405,10 +411,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 fer::plot::confusion_matrix(&png, &eval, split.name())?;
             }
         }
-        Command::Export { run, out } => {
-            let out = out.unwrap_or_else(|| PathBuf::from("models").join(run.file_name().unwrap_or_default()));
-            // With the data, export checks the folded model on PublicTest; without, it says so.
+        Command::Export { run, out, onnx } => {
+            // With the data, export checks the folded model (and the ONNX file) on PublicTest;
+            // without, it says so.
             let data = fer::data::load(&cli.data).map_err(|e| eprintln!("no PublicTest check: {e:#}")).ok();
+            let is_model_folder = run.join("card.json").is_file() && !run.join("summary.json").is_file();
+            if is_model_folder {
+                anyhow::ensure!(onnx && out.is_none(), "{} is a model folder, not a run: `fer export {} --onnx` adds its model.onnx; to re-export, give the run (runs/<name>)", run.display(), run.display());
+                return print_onnx_check(&run, data.as_ref());
+            }
+            let out = out.unwrap_or_else(|| PathBuf::from("models").join(run.file_name().unwrap_or_default()));
             let card = fer::export::export(&run, &out, data.as_ref())?;
             println!(
                 "{}: {} fvcore FLOPs after folding ({} before), PublicTest {:.2}%, PrivateTest {:.2}%, efficiency {:.1}; card in {}/card.md",
@@ -420,6 +432,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 card.efficiency,
                 out.display()
             );
+            if onnx {
+                print_onnx_check(&out, data.as_ref())?;
+            }
         }
         Command::Predict { inputs, random, model, no_detect, min_face, format, json, csv, annotate, every, every_seconds, out, seed } => {
             let dir = model.map_or_else(fer::predict::default_model, Ok)?;
@@ -469,6 +484,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", fer::bench::run(&args)?);
         }
         Command::Flops { model, json } => fer::flops::print(&model, json)?,
+    }
+    Ok(())
+}
+
+/// `fer export --onnx`: writes and checks `dir/model.onnx`, and says how it went.
+fn print_onnx_check(dir: &std::path::Path, data: Option<&fer::data::Dataset>) -> anyhow::Result<()> {
+    let check = fer::export::export_onnx(dir, data)?;
+    let a = &check.agreement;
+    print!(
+        "{}: tract runs it on {} {} faces within {:.1e} of libtorch's probabilities, the same label on {} of them",
+        dir.join("model.onnx").display(),
+        a.faces,
+        check.faces_from,
+        a.max_probability_diff,
+        a.same_label
+    );
+    match check.val_acc {
+        Some(acc) => println!("; PublicTest through tract {:.2}%", 100.0 * acc),
+        None => println!(),
     }
     Ok(())
 }

@@ -147,3 +147,106 @@ fn shipped_models_reproduce_their_cards() {
     }
     assert_eq!(fer::predict::default_model().unwrap(), root.join("tiny"), "the tiny model is the default");
 }
+
+/// Faces to check ONNX files on: 200 real PublicTest faces where the data is present.
+fn check_faces() -> fer::data::Faces {
+    match real_data() {
+        Some(path) => {
+            let mut faces = fer::data::load(&path).unwrap().split(Split::PublicTest);
+            faces.pixels.truncate(200 * 48 * 48);
+            faces.labels.truncate(200);
+            faces.twin_in_training.clear();
+            faces
+        }
+        None => synthetic([0, 200, 0], 31).split(Split::PublicTest),
+    }
+}
+
+/// tract's probabilities for `faces`, run `batch` faces at a time through one loaded model.
+fn tract_probabilities(onnx: &[u8], faces: &fer::data::Faces, batch: usize) -> Vec<f32> {
+    let model = fer::onnx::TractModel::load(onnx).unwrap();
+    faces.pixels.chunks(batch * 48 * 48).flat_map(|chunk| model.run(chunk).unwrap().1).collect()
+}
+
+/// Between libtorch's run of `model` and tract's run of its ONNX file: the largest probability
+/// difference, the faces whose labels differ, and the faces tract labels right.
+fn onnx_disagreement(model: &Trained, onnx: &[u8], faces: &fer::data::Faces, batch: usize) -> (f64, usize, usize) {
+    let torch = Vec::<f32>::try_from(model.logits(faces).softmax(-1, Kind::Float).view(-1)).unwrap();
+    let tract = tract_probabilities(onnx, faces, batch);
+    assert_eq!(torch.len(), tract.len(), "tract gives 7 probabilities per face");
+    let argmax = |row: &[f32]| (0..7).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap();
+    let differ = torch.chunks(7).zip(tract.chunks(7)).filter(|(a, b)| argmax(a) != argmax(b)).count();
+    let right = tract.chunks(7).zip(&faces.labels).filter(|(p, &y)| argmax(p) == y as usize).count();
+    (torch.iter().zip(&tract).map(|(a, b)| (a - b).abs() as f64).fold(0.0, f64::max), differ, right)
+}
+
+#[test]
+fn onnx_export_runs_in_tract_as_in_libtorch_for_every_layer_kind() {
+    tch::set_num_threads(1);
+    let faces = check_faces();
+    let models = [
+        // Convolutions with groups, stride and explicit padding, batch norm with no convolution
+        // before it, every activation, max and average pooling, flatten, dropout, linear with and
+        // without bias.
+        "[model]\nlayers = [{ type = \"conv\", out = 8, kernel = 5, stride = 2, padding = 1 }, { type = \"batch_norm\" }, { type = \"leaky_relu\", slope = 0.1 }, { type = \"conv\", out = 16, groups = 4 }, { type = \"silu\" }, { type = \"max_pool\", kernel = 3, stride = 2 }, { type = \"batch_norm\" }, { type = \"gelu\" }, { type = \"avg_pool\" }, { type = \"flatten\" }, { type = \"dropout\", p = 0.5 }, { type = \"linear\", out = 16, bias = false }, { type = \"relu\" }, { type = \"linear\", out = 7 }]",
+        // Input pooling, separable blocks, residual blocks with projections, SE; a centre crop.
+        "[model.convnet]\nwidths = [8, 16]\nblocks = 2\ninput_pool = 2\nseparable = true\nresidual = true\nattention = \"se\"\nreduction = 4\ndownsample = \"stride\"\n[train]\ninput_size = 44",
+        // CBAM, residual shortcuts without batch norm, the evaluation blur.
+        "[model.convnet]\nwidths = [8, 16]\nstem_stride = 2\nbatch_norm = false\nresidual = true\nattention = \"cbam\"\nreduction = 4\nactivation = \"leaky_relu\"\n[train]\neval_blur = 1.0",
+        "[model]\nnetwork = \"baseline\"",
+    ];
+    for toml in models {
+        let model = with_random_batch_norms(toml);
+        let folded = fold(&model).unwrap();
+        for (what, m) in [("as trained", &model), ("folded", &folded)] {
+            let onnx = fer::onnx::to_onnx(m, &[("note".into(), "kept".into())]).unwrap();
+            // 37 faces a run, then the 15 left: one loaded model, two batch sizes.
+            let (diff, differ, _) = onnx_disagreement(m, &onnx, &faces, 37);
+            assert!(diff < 1e-5 && differ == 0, "{toml} ({what}): probabilities differ by {diff:.2e}, labels on {differ} faces");
+        }
+    }
+
+    // The conventions a user of the file relies on, read back from the protobuf.
+    use prost::Message;
+    let onnx = fer::onnx::to_onnx(&with_random_batch_norms(models[1]), &[("note".into(), "kept".into())]).unwrap();
+    let proto = tract_onnx::pb::ModelProto::decode(&onnx[..]).unwrap();
+    let graph = proto.graph.unwrap();
+    let names = |v: &[tract_onnx::pb::ValueInfoProto]| v.iter().map(|i| i.name.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&graph.input), ["pixels"]);
+    assert_eq!(names(&graph.output), ["logits", "probabilities"]);
+    let meta: std::collections::HashMap<_, _> = proto.metadata_props.iter().map(|p| (p.key.as_str(), p.value.as_str())).collect();
+    assert_eq!(meta["classes"], fer::data::CLASSES.join(","));
+    assert_eq!(meta["note"], "kept");
+}
+
+#[test]
+fn shipped_models_run_the_same_through_onnx() {
+    tch::set_num_threads(2);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    let data = real_data().map(|path| fer::data::load(&path).unwrap());
+    let faces = match &data {
+        Some(d) => d.split(Split::PublicTest),
+        None => check_faces(),
+    };
+    let mut checked = Vec::new();
+    for entry in std::fs::read_dir(&root).unwrap() {
+        let dir = entry.unwrap().path();
+        let Ok(card) = std::fs::read(dir.join("card.json")) else { continue };
+        let card: Card = serde_json::from_slice(&card).unwrap();
+        let onnx = std::fs::read(dir.join("model.onnx"))
+            .unwrap_or_else(|e| panic!("{}: no model.onnx ({e}); `fer export {} --onnx` writes it", card.name, dir.display()));
+        let model = Trained::load(&dir, tch::Device::Cpu).unwrap();
+        let (diff, differ, right) = onnx_disagreement(&model, &onnx, &faces, 512);
+        assert!(diff < 1e-5 && differ == 0, "{}: probabilities differ by {diff:.2e}, labels on {differ} faces", card.name);
+        let check = card.onnx.as_ref().unwrap_or_else(|| panic!("{}: the card records the ONNX check", card.name));
+        assert_eq!(check.agreement.same_label, check.agreement.faces);
+        if data.is_some() {
+            let acc = right as f64 / faces.len() as f64;
+            let card_acc = card.folded_val_acc.expect("exported with the data");
+            assert_eq!((acc * faces.len() as f64).round(), (card_acc * faces.len() as f64).round(), "{}: PublicTest through tract {acc}, card {card_acc}", card.name);
+        }
+        checked.push(card.name);
+    }
+    checked.sort();
+    assert!(checked.contains(&"tiny".to_string()) && checked.contains(&"accurate".to_string()), "checked {checked:?}");
+}
