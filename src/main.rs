@@ -490,6 +490,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// `fer export --onnx`: writes and checks `dir/model.onnx`, and says how it went.
 fn print_onnx_check(dir: &std::path::Path, data: Option<&fer::data::Dataset>) -> anyhow::Result<()> {
+    eprintln!("{}: writing model.onnx and running it in tract beside libtorch ...", dir.display());
     let check = fer::export::export_onnx(dir, data)?;
     let a = &check.agreement;
     print!(

@@ -76,6 +76,17 @@ fn stats_export_train_eval_predict_end_to_end() {
     assert_eq!(eval["samples"], 70);
     assert!(d.join("cm.png").is_file());
 
+    // `fer export --onnx`: a run becomes a model folder with a checked model.onnx.
+    let out = stdout(&fer(d, &["--data", csv, "export", "runs/tiny", "--out", "shipped", "--onnx"]));
+    assert!(out.contains("shipped/model.onnx: tract runs it on 70 PublicTest faces") && out.contains("the same label on 70 of them"), "{out}");
+    let card: fer::export::Card = serde_json::from_slice(&std::fs::read(d.join("shipped/card.json")).unwrap()).unwrap();
+    assert_eq!(card.onnx.unwrap().val_acc, Some(card.val_acc), "PublicTest through tract is the card's");
+    std::fs::remove_file(d.join("shipped/model.onnx")).unwrap();
+    let out = stdout(&fer(d, &["--data", csv, "export", "shipped", "--onnx"]));
+    assert!(out.contains("shipped/model.onnx") && d.join("shipped/model.onnx").is_file(), "a model folder gains its model.onnx: {out}");
+    let o = fer(d, &["--data", csv, "export", "shipped"]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("is a model folder, not a run"));
+
     // Predict any image file: converted to 48x48 grayscale, 7 probabilities that sum to 1.
     image::RgbImage::from_pixel(96, 80, image::Rgb([90, 20, 200])).save(d.join("face.png")).unwrap();
     let out = stdout(&fer(d, &["predict", "--model", "runs/tiny", "--json", "--no-detect", "face.png"]));
