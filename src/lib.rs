@@ -3,7 +3,7 @@
 //! `data` reads and caches the data set, `model` builds networks from layer lists, `train`
 //! runs the training loop, `eval` scores models, `flops` counts their cost as fvcore does,
 //! `plot` draws figures, `stats` analyses the data set and `predict` labels faces, `export` ships a
-//! trained run as a model folder with its card.
+//! trained run as a model folder with its card, `onnx` writes it as an ONNX graph checked in tract.
 
 pub mod ablate;
 pub mod augment;

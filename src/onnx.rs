@@ -270,7 +270,9 @@ impl Graph<'_> {
                 }
                 // Exact GELU, x / 2 (1 + erf(x / sqrt 2)), from opset-17 operators.
                 Layer::Gelu => {
-                    let (r, one, half) = (self.scalar(&format!("{name}.sqrt_half"), std::f32::consts::FRAC_1_SQRT_2), self.scalar(&format!("{name}.one"), 1.0), self.scalar(&format!("{name}.half"), 0.5));
+                    let r = self.scalar(&format!("{name}.sqrt_half"), std::f32::consts::FRAC_1_SQRT_2);
+                    let one = self.scalar(&format!("{name}.one"), 1.0);
+                    let half = self.scalar(&format!("{name}.half"), 0.5);
                     let e = self.node("Mul", &[&x, &r], vec![]);
                     let e = self.node("Erf", &[&e], vec![]);
                     let e = self.node("Add", &[&e, &one], vec![]);

@@ -162,22 +162,46 @@ fn check_faces() -> fer::data::Faces {
     }
 }
 
-/// tract's probabilities for `faces`, run `batch` faces at a time through one loaded model.
-fn tract_probabilities(onnx: &[u8], faces: &fer::data::Faces, batch: usize) -> Vec<f32> {
+/// tract's logits and probabilities for `faces`, run `batch` faces at a time through one loaded
+/// model.
+fn tract_outputs(onnx: &[u8], faces: &fer::data::Faces, batch: usize) -> (Vec<f32>, Vec<f32>) {
     let model = fer::onnx::TractModel::load(onnx).unwrap();
-    faces.pixels.chunks(batch * 48 * 48).flat_map(|chunk| model.run(chunk).unwrap().1).collect()
+    let (mut logits, mut probs) = (Vec::new(), Vec::new());
+    for chunk in faces.pixels.chunks(batch * 48 * 48) {
+        let (l, p) = model.run(chunk).unwrap();
+        logits.extend(l);
+        probs.extend(p);
+    }
+    (logits, probs)
 }
 
-/// Between libtorch's run of `model` and tract's run of its ONNX file: the largest probability
-/// difference, the faces whose labels differ, and the faces tract labels right.
-fn onnx_disagreement(model: &Trained, onnx: &[u8], faces: &fer::data::Faces, batch: usize) -> (f64, usize, usize) {
-    let torch = Vec::<f32>::try_from(model.logits(faces).softmax(-1, Kind::Float).view(-1)).unwrap();
-    let tract = tract_probabilities(onnx, faces, batch);
+/// How far tract's run of a model's ONNX file is from libtorch's run of the model.
+struct Disagreement {
+    /// Largest probability difference.
+    probabilities: f64,
+    /// Largest logit difference, over the largest logit's size (at least 1).
+    logits_relative: f64,
+    /// Faces whose labels differ.
+    labels: usize,
+    /// Faces tract labels right.
+    right: usize,
+}
+
+fn onnx_disagreement(model: &Trained, onnx: &[u8], faces: &fer::data::Faces, batch: usize) -> Disagreement {
+    let torch_logits = model.logits(faces);
+    let torch = Vec::<f32>::try_from(torch_logits.softmax(-1, Kind::Float).view(-1)).unwrap();
+    let torch_logits = Vec::<f32>::try_from(torch_logits.view(-1)).unwrap();
+    let (logits, tract) = tract_outputs(onnx, faces, batch);
     assert_eq!(torch.len(), tract.len(), "tract gives 7 probabilities per face");
+    let max_diff = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs() as f64).fold(0.0, f64::max);
+    let scale = torch_logits.iter().map(|x| x.abs() as f64).fold(1.0, f64::max);
     let argmax = |row: &[f32]| (0..7).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap();
-    let differ = torch.chunks(7).zip(tract.chunks(7)).filter(|(a, b)| argmax(a) != argmax(b)).count();
-    let right = tract.chunks(7).zip(&faces.labels).filter(|(p, &y)| argmax(p) == y as usize).count();
-    (torch.iter().zip(&tract).map(|(a, b)| (a - b).abs() as f64).fold(0.0, f64::max), differ, right)
+    Disagreement {
+        probabilities: max_diff(&torch, &tract),
+        logits_relative: max_diff(&torch_logits, &logits) / scale,
+        labels: torch.chunks(7).zip(tract.chunks(7)).filter(|(a, b)| argmax(a) != argmax(b)).count(),
+        right: tract.chunks(7).zip(&faces.labels).filter(|(p, &y)| argmax(p) == y as usize).count(),
+    }
 }
 
 #[test]
@@ -201,8 +225,15 @@ fn onnx_export_runs_in_tract_as_in_libtorch_for_every_layer_kind() {
         for (what, m) in [("as trained", &model), ("folded", &folded)] {
             let onnx = fer::onnx::to_onnx(m, &[("note".into(), "kept".into())]).unwrap();
             // 37 faces a run, then the 15 left: one loaded model, two batch sizes.
-            let (diff, differ, _) = onnx_disagreement(m, &onnx, &faces, 37);
-            assert!(diff < 1e-5 && differ == 0, "{toml} ({what}): probabilities differ by {diff:.2e}, labels on {differ} faces");
+            let d = onnx_disagreement(m, &onnx, &faces, 37);
+            // Random weights give near-uniform probabilities, so the logits are checked too.
+            assert!(
+                d.probabilities < 1e-5 && d.logits_relative < 1e-5 && d.labels == 0,
+                "{toml} ({what}): probabilities differ by {:.2e}, logits by {:.2e} of their size, labels on {} faces",
+                d.probabilities,
+                d.logits_relative,
+                d.labels
+            );
         }
     }
 
@@ -236,12 +267,12 @@ fn shipped_models_run_the_same_through_onnx() {
         let onnx = std::fs::read(dir.join("model.onnx"))
             .unwrap_or_else(|e| panic!("{}: no model.onnx ({e}); `fer export {} --onnx` writes it", card.name, dir.display()));
         let model = Trained::load(&dir, tch::Device::Cpu).unwrap();
-        let (diff, differ, right) = onnx_disagreement(&model, &onnx, &faces, 512);
-        assert!(diff < 1e-5 && differ == 0, "{}: probabilities differ by {diff:.2e}, labels on {differ} faces", card.name);
+        let d = onnx_disagreement(&model, &onnx, &faces, 512);
+        assert!(d.probabilities < 1e-5 && d.labels == 0, "{}: probabilities differ by {:.2e}, labels on {} faces", card.name, d.probabilities, d.labels);
         let check = card.onnx.as_ref().unwrap_or_else(|| panic!("{}: the card records the ONNX check", card.name));
         assert_eq!(check.agreement.same_label, check.agreement.faces);
         if data.is_some() {
-            let acc = right as f64 / faces.len() as f64;
+            let acc = d.right as f64 / faces.len() as f64;
             let card_acc = card.folded_val_acc.expect("exported with the data");
             assert_eq!((acc * faces.len() as f64).round(), (card_acc * faces.len() as f64).round(), "{}: PublicTest through tract {acc}, card {card_acc}", card.name);
         }
