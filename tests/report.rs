@@ -41,6 +41,14 @@ fn ablation_then_report_from_run_records() {
     let one_off = AblationFile { name: "abl-one-off".into(), mode: Mode::OneOff, ..ablation.clone() };
     let out_one_off = dir.path().join("results/abl-one-off");
     fer::ablate::run(&one_off, &tiny_config("abl-base", 2), &data, &runs, &out_one_off).unwrap();
+    // Its rows with a cumulative twin (the base, smoothing alone, both) are reused, not rerun.
+    let summary = |dir: std::path::PathBuf| -> fer::train::Summary { serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap() };
+    for (cumulative, one_off_row) in [("00-base", "00-base"), ("01-smoothing", "01-smoothing"), ("02-smoothing+flip", "03-smoothing+flip")] {
+        let (a, b) = (summary(out.join(cumulative)), summary(out_one_off.join(one_off_row)));
+        assert_eq!((a.test_acc, a.val_acc, b.name.as_str()), (b.test_acc, b.val_acc, one_off_row));
+        assert!(!runs.join("abl-one-off").join(one_off_row).exists(), "{one_off_row} was not retrained");
+    }
+    assert!(runs.join("abl-one-off/02-flip").exists(), "the row without a twin was trained");
     let mut reseeded = ablation.rows(&tiny_config("abl-base", 2)).unwrap().pop().unwrap().config;
     reseeded.seed = 5;
     reseeded.name += "-seed5";
