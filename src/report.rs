@@ -493,6 +493,7 @@ fn render(inputs: &ReportInputs, records: &Records, base: &Path) -> anyhow::Resu
         writeln!(md, "| {} | {} | {} | {} | {} | {:.1} | {:.1} min | {:.1} min |", s.name, s.device, s.machine, s.threads, s.epochs, median, to_best / 60.0, s.train_seconds / 60.0)?;
     }
     let timing = inputs.out.join("time_to_accuracy.png");
+    writeln!(md, "\nTimes are wall clock, as recorded: where a run shared the cores with builds, tests or another job, its epochs took longer than its recipe needs alone (the median per epoch resists a few slow epochs, not a whole shared run).\n")?;
     writeln!(md, "\n![PublicTest accuracy against training time]({})\n", rel(&timing, out))?;
 
     // 4. Limitations and conclusions.
