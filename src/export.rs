@@ -131,6 +131,11 @@ pub fn export(run: &Path, out: &Path, data: Option<&Dataset>) -> anyhow::Result<
         onnx: None,
     };
     std::fs::create_dir_all(out)?;
+    // An ONNX file from earlier weights would contradict these: `export_onnx` writes a new one.
+    match std::fs::remove_file(out.join("model.onnx")) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+        _ => {}
+    }
     folded.save(&out.join("model.safetensors"))?;
     write_atomic(&out.join("config.toml"), folded.config.to_toml().as_bytes())?;
     write_atomic(&out.join("train.toml"), train_config.to_toml().as_bytes())?;

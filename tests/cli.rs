@@ -84,6 +84,9 @@ fn stats_export_train_eval_predict_end_to_end() {
     std::fs::remove_file(d.join("shipped/model.onnx")).unwrap();
     let out = stdout(&fer(d, &["--data", csv, "export", "shipped", "--onnx"]));
     assert!(out.contains("shipped/model.onnx") && d.join("shipped/model.onnx").is_file(), "a model folder gains its model.onnx: {out}");
+    // Re-exporting without --onnx takes away the file of the earlier weights.
+    stdout(&fer(d, &["--data", csv, "export", "runs/tiny", "--out", "shipped"]));
+    assert!(!d.join("shipped/model.onnx").exists(), "no stale model.onnx beside new weights");
     let o = fer(d, &["--data", csv, "export", "shipped"]);
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("is a model folder, not a run"));
 
