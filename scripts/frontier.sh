@@ -12,23 +12,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 FER=${FER:-./fer}
 
+# A recipe of configs/frontier/, run as <recipe>, or with a seed as <recipe>-seed<N>.
 train() {
-    if [[ -f runs/$1/summary.json ]]; then
-        echo "== $1: finished earlier"
-    else
-        echo "== $1"
-        "$FER" train --config "configs/frontier/$1.toml" --resume --record "results/frontier/$1"
-    fi
-}
-
-# Another seed of a recipe, run as <recipe>-seed<N>: the spread of the recipe.
-train_seed() {
-    local name=$1-seed$2
+    local name=$1${2:+-seed$2}
     if [[ -f runs/$name/summary.json ]]; then
         echo "== $name: finished earlier"
     else
         echo "== $name"
-        "$FER" train --config "configs/frontier/$1.toml" --seed "$2" --resume --record "results/frontier/$name"
+        "$FER" train --config "configs/frontier/$1.toml" ${2:+--seed "$2"} --resume --record "results/frontier/$name"
     fi
 }
 
@@ -43,8 +34,8 @@ train tiny
 train accurate
 train tiny-distilled
 train nano
-train_seed tiny 1
-train_seed tiny 2
+train tiny 1
+train tiny 2
 
 tiny=$(best_on_publictest tiny tiny-seed1 tiny-seed2 tiny-distilled)
 echo "== shipping accurate and $tiny (the tiny run best on PublicTest)"

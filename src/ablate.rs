@@ -123,13 +123,14 @@ pub fn run(file: &AblationFile, base: &Config, data: &Dataset, runs: &Path, out:
         let record = out.join(&row.config.name);
         println!("== ablation row {}/{}: {}", i + 1, rows.len(), row.config.name);
         // A row whose record is in `out` (committed, say) is done, even where runs/ is gone.
-        if finished_record(&record, &row.config)?.is_none() {
-            if let Some(twin) = same_recipe_beside(out, &row.config)? {
+        let mut done = finished_record(&record, &row.config)?;
+        if done.is_none() {
+            if let Some((twin, summary)) = same_recipe_beside(out, &row.config)? {
                 println!("same recipe as {}: its record is reused", twin.display());
-                copy_record_renamed(&twin, &record, &row.config)?;
+                done = Some(copy_record_renamed(&twin, summary, &record, &row.config)?);
             }
         }
-        let summary = match finished_record(&record, &row.config)? {
+        let summary = match done {
             Some(summary) => summary,
             None => {
                 let opts = TrainOptions { runs_dir: dir.clone(), resume: run_dir.join("last.json").exists(), ..Default::default() };
@@ -162,29 +163,29 @@ fn finished_record(record: &Path, config: &Config) -> anyhow::Result<Option<Summ
 /// A finished record of the same recipe under another name in a sibling ablation (the one-off
 /// ablation's base and full rows are the cumulative ablation's first and last): one recipe, one
 /// run, one number.
-fn same_recipe_beside(out: &Path, config: &Config) -> anyhow::Result<Option<PathBuf>> {
+fn same_recipe_beside(out: &Path, config: &Config) -> anyhow::Result<Option<(PathBuf, Summary)>> {
     let Some(Ok(siblings)) = out.parent().map(std::fs::read_dir) else { return Ok(None) };
     for ablation in siblings.flatten().map(|e| e.path()).filter(|p| p.is_dir() && p != out) {
         let Ok(rows) = std::fs::read_dir(&ablation) else { continue };
         for row in rows.flatten().map(|e| e.path()) {
             let Ok(recorded) = Config::load(&row.join("config.toml")) else { continue };
             let renamed = Config { name: recorded.name, ..config.clone() };
-            if finished_record(&row, &renamed)?.is_some() {
-                return Ok(Some(row));
+            if let Some(summary) = finished_record(&row, &renamed)? {
+                return Ok(Some((row, summary)));
             }
         }
     }
     Ok(None)
 }
 
-/// Copies the record `from` to `to`, its config and summary renamed to `config`'s name.
-fn copy_record_renamed(from: &Path, to: &Path, config: &Config) -> anyhow::Result<()> {
+/// Copies the record `from` (whose summary is `summary`) to `to`, renamed to `config`'s name;
+/// returns the renamed summary.
+fn copy_record_renamed(from: &Path, mut summary: Summary, to: &Path, config: &Config) -> anyhow::Result<Summary> {
     record_run(from, to)?;
-    let mut summary: Summary = serde_json::from_slice(&std::fs::read(from.join("summary.json"))?)?;
     summary.name = config.name.clone();
     crate::data::write_atomic(&to.join("summary.json"), &serde_json::to_vec_pretty(&summary)?)?;
     crate::data::write_atomic(&to.join("config.toml"), config.to_toml().as_bytes())?;
-    Ok(())
+    Ok(summary)
 }
 
 fn write_tables(file: &AblationFile, rows: &[Row], summaries: &[Summary], out: &Path) -> anyhow::Result<()> {

@@ -173,7 +173,7 @@ pub fn export_onnx(dir: &Path, data: Option<&Dataset>) -> anyhow::Result<OnnxChe
             (crate::data::Faces { pixels, labels: vec![0; n], twin_in_training: Vec::new() }, "synthetic")
         }
     };
-    let (agreement, labels) = crate::onnx::check(&onnx, &model, &faces)?;
+    let (agreement, tract_logits) = crate::onnx::check(&onnx, &model, &faces)?;
     anyhow::ensure!(
         agreement.max_probability_diff < 1e-4 && agreement.same_label == agreement.faces,
         "the ONNX graph disagrees with libtorch: probabilities differ by up to {:.2e}, labels on {} of {} faces",
@@ -181,7 +181,7 @@ pub fn export_onnx(dir: &Path, data: Option<&Dataset>) -> anyhow::Result<OnnxChe
         agreement.faces - agreement.same_label,
         agreement.faces
     );
-    let val_acc = data.map(|_| labels.iter().zip(&faces.labels).filter(|(&l, &y)| l == y as usize).count() as f64 / faces.len() as f64);
+    let val_acc = data.map(|_| crate::eval::evaluate(&tract_logits, &faces.labels).accuracy);
     write_atomic(&dir.join("model.onnx"), &onnx)?;
     let check = OnnxCheck { opset: crate::onnx::OPSET, faces_from: faces_from.into(), agreement, val_acc };
     card.onnx = Some(check.clone());

@@ -165,19 +165,25 @@ impl Graph<'_> {
         name.into()
     }
 
-    /// The variable `name` of the model as an initializer (`reshape`d when given).
-    fn var(&mut self, name: &str, reshape: Option<&[i64]>) -> anyhow::Result<String> {
-        let t = self.vars.get(name).ok_or_else(|| anyhow::anyhow!("the weights lack {name}"))?;
+    /// Variable `part` of the layer named `prefix` as an initializer (`reshape`d when given).
+    fn part(&mut self, prefix: &str, part: &str, reshape: Option<&[i64]>) -> anyhow::Result<String> {
+        let name = format!("{prefix}.{part}");
+        let t = self.vars.get(&name).ok_or_else(|| anyhow::anyhow!("the weights lack {name}"))?;
         let t = match reshape {
             Some(shape) => t.reshape(shape),
             None => t.shallow_clone(),
         };
-        self.float_initializer(name, &t)
+        self.float_initializer(&name, &t)
     }
 
-    /// Variable `part` of the layer named `prefix`.
-    fn part(&mut self, prefix: &str, part: &str, reshape: Option<&[i64]>) -> anyhow::Result<String> {
-        self.var(&format!("{prefix}.{part}"), reshape)
+    /// A node whose inputs are `x`, the layer's weight and its bias where it has one.
+    fn weighted(&mut self, op: &str, x: &str, prefix: &str, attributes: Vec<pb::AttributeProto>) -> anyhow::Result<String> {
+        let mut inputs = vec![x.to_string(), self.part(prefix, "weight", None)?];
+        if self.has(prefix, "bias") {
+            inputs.push(self.part(prefix, "bias", None)?);
+        }
+        let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        Ok(self.node(op, &inputs, attributes))
     }
 
     fn has(&self, prefix: &str, part: &str) -> bool {
@@ -204,18 +210,12 @@ impl Graph<'_> {
     }
 
     fn conv(&mut self, x: &str, prefix: &str, kernel: i64, stride: i64, padding: i64, groups: i64) -> anyhow::Result<String> {
-        let w = self.part(prefix, "weight", None)?;
-        let mut inputs = vec![x.to_string(), w];
-        if self.has(prefix, "bias") {
-            inputs.push(self.part(prefix, "bias", None)?);
-        }
-        let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
-        Ok(self.node("Conv", &inputs, vec![
+        self.weighted("Conv", x, prefix, vec![
             ints("kernel_shape", &[kernel, kernel]),
             ints("strides", &[stride, stride]),
             ints("pads", &[padding; 4]),
             int("group", groups),
-        ]))
+        ])
     }
 
     /// A linear layer on `[N, C, 1, 1]` maps, as a 1x1 convolution (so attention gates need no
@@ -292,15 +292,7 @@ impl Graph<'_> {
                     self.node("Flatten", &[&p], vec![int("axis", 1)])
                 }
                 Layer::Flatten => self.node("Flatten", &[&x], vec![int("axis", 1)]),
-                Layer::Linear { .. } => {
-                    let w = self.part(&name, "weight", None)?;
-                    let mut inputs = vec![x.clone(), w];
-                    if self.has(&name, "bias") {
-                        inputs.push(self.part(&name, "bias", None)?);
-                    }
-                    let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
-                    self.node("Gemm", &inputs, vec![int("transB", 1)])
-                }
+                Layer::Linear { .. } => self.weighted("Gemm", &x, &name, vec![int("transB", 1)])?,
                 Layer::Dropout { .. } => x,
                 &Layer::Separable { out, kernel, stride } => {
                     self.layers(&separable(shape.channels(), out, kernel, stride), &name, &x, shape)?
@@ -393,20 +385,25 @@ pub struct Agreement {
     pub same_label: usize,
 }
 
-/// Runs `onnx` in tract and `model` in libtorch on `faces` (`[N, 1, 48, 48]` u8 pixels) and
-/// compares their probabilities; returns tract's labels beside the agreement.
-pub fn check(onnx: &[u8], model: &Trained, faces: &crate::data::Faces) -> anyhow::Result<(Agreement, Vec<usize>)> {
+/// Runs `onnx` in tract and `model` in libtorch on `faces` and compares their probabilities;
+/// returns tract's logits (`[N, 7]`) beside the agreement.
+pub fn check(onnx: &[u8], model: &Trained, faces: &crate::data::Faces) -> anyhow::Result<(Agreement, Tensor)> {
     let tract = TractModel::load(onnx)?;
-    let torch = Vec::<f32>::try_from(model.logits(faces).softmax(-1, tch::Kind::Float).contiguous().view(-1))?;
-    let mut probs = Vec::with_capacity(torch.len());
+    let (mut logits, mut probabilities) = (Vec::new(), Vec::new());
     // Batches bound tract's memory on large splits.
     for chunk in faces.pixels.chunks(256 * SIDE * SIDE) {
-        probs.extend(tract.run(chunk)?.1);
+        let (l, p) = tract.run(chunk)?;
+        logits.extend(l);
+        probabilities.extend(p);
     }
-    anyhow::ensure!(probs.len() == torch.len(), "tract gave {} probabilities, libtorch {}", probs.len(), torch.len());
-    let argmax = |row: &[f32]| row.iter().enumerate().fold(0, |best, (i, &p)| if p > row[best] { i } else { best });
-    let labels: Vec<usize> = probs.chunks(NUM_CLASSES).map(argmax).collect();
-    let same_label = labels.iter().zip(torch.chunks(NUM_CLASSES)).filter(|(&l, t)| l == argmax(t)).count();
-    let max_probability_diff = probs.iter().zip(&torch).map(|(a, b)| (a - b).abs() as f64).fold(0.0, f64::max);
-    Ok((Agreement { faces: faces.len(), max_probability_diff, same_label }, labels))
+    let rows = |v: &[f32]| Tensor::from_slice(v).view([-1, NUM_CLASSES as i64]);
+    let (tract_logits, tract_probabilities) = (rows(&logits), rows(&probabilities));
+    let torch_logits = model.logits(faces);
+    anyhow::ensure!(tract_logits.size() == torch_logits.size(), "tract gave {:?} logits, libtorch {:?}", tract_logits.size(), torch_logits.size());
+    let agreement = Agreement {
+        faces: faces.len(),
+        max_probability_diff: (tract_probabilities - torch_logits.softmax(-1, tch::Kind::Float)).abs().max().double_value(&[]),
+        same_label: tract_logits.argmax(-1, false).eq_tensor(&torch_logits.argmax(-1, false)).sum(tch::Kind::Int64).int64_value(&[]) as usize,
+    };
+    Ok((agreement, tract_logits))
 }

@@ -104,7 +104,6 @@ impl Pipeline {
     }
 }
 
-
 pub fn argmax(p: &[f32; NUM_CLASSES]) -> usize {
     (0..NUM_CLASSES).max_by(|&a, &b| p[a].total_cmp(&p[b])).unwrap()
 }
