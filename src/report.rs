@@ -285,15 +285,17 @@ impl Records {
     }
 }
 
+/// A run's recipe: its config with the seed and name left out.
+fn recipe(r: &Run) -> anyhow::Result<String> {
+    let mut c = crate::config::Config::parse(&r.config)?;
+    c.seed = 0;
+    c.name = String::new();
+    Ok(c.to_toml())
+}
+
 /// The seed runs, with the run among `others` that has their recipe (seed and name aside).
 fn noise(seed_runs: &[Run], others: &[Run]) -> anyhow::Result<Option<Noise>> {
     let Some(first) = seed_runs.first() else { return Ok(None) };
-    let recipe = |r: &Run| -> anyhow::Result<String> {
-        let mut c = crate::config::Config::parse(&r.config)?;
-        c.seed = 0;
-        c.name = String::new();
-        Ok(c.to_toml())
-    };
     let want = recipe(first)?;
     for r in seed_runs {
         anyhow::ensure!(recipe(r)? == want, "the seed runs must share one recipe");
@@ -304,15 +306,40 @@ fn noise(seed_runs: &[Run], others: &[Run]) -> anyhow::Result<Option<Noise>> {
             group.push(r);
         }
     }
-    group.sort_by_key(|r| r.summary.seed);
-    let original = group.iter().find(|r| !seed_runs.iter().any(|s| s.dir == r.dir)).unwrap_or(&group[0]);
-    Ok(Some(Noise {
-        name: original.summary.name.clone(),
-        seeds: group.iter().map(|r| r.summary.seed).collect(),
-        val: group.iter().map(|r| r.summary.val_acc).collect(),
-        test: group.iter().map(|r| r.summary.test_acc).collect(),
-        unseen: group.iter().filter_map(|r| r.summary.test_acc_unseen).collect(),
-    }))
+    let original = group.iter().find(|r| !seed_runs.iter().any(|s| s.dir == r.dir)).unwrap_or(&group[0]).summary.name.clone();
+    Ok(Some(Noise::of(original, group)))
+}
+
+impl Noise {
+    fn of(name: String, mut group: Vec<&Run>) -> Noise {
+        group.sort_by_key(|r| r.summary.seed);
+        Noise {
+            name,
+            seeds: group.iter().map(|r| r.summary.seed).collect(),
+            val: group.iter().map(|r| r.summary.val_acc).collect(),
+            test: group.iter().map(|r| r.summary.test_acc).collect(),
+            unseen: group.iter().filter_map(|r| r.summary.test_acc_unseen).collect(),
+        }
+    }
+
+    /// "`name` trained with seeds 0, 1, 2: PublicTest m ± s points (...), PrivateTest m ± s, ..."
+    fn describe(&self) -> String {
+        let (v, t) = (mean_std(&self.val), mean_std(&self.test));
+        let seeds: Vec<String> = self.seeds.iter().map(u64::to_string).collect();
+        let unseen = (!self.unseen.is_empty()).then(|| mean_std(&self.unseen));
+        format!(
+            "`{}` trained with seeds {}: PublicTest {} ± {:.2} points (mean ± standard deviation; {} to {}), PrivateTest {} ± {:.2}{}",
+            self.name,
+            seeds.join(", "),
+            pct(v.0),
+            100.0 * v.1,
+            pct(self.val.iter().copied().fold(f64::MAX, f64::min)),
+            pct(self.val.iter().copied().fold(f64::MIN, f64::max)),
+            pct(t.0),
+            100.0 * t.1,
+            unseen.map_or(String::new(), |u| format!(", leak-aware PrivateTest {} ± {:.2}", pct(u.0), 100.0 * u.1)),
+        )
+    }
 }
 
 /// The report's Markdown, its links relative to `base`.
@@ -374,21 +401,10 @@ fn render(inputs: &ReportInputs, records: &Records, base: &Path) -> anyhow::Resu
         writeln!(md, "No ablation was given to this report.\n")?;
     }
     if let Some(n) = noise {
-        let (v, t) = (mean_std(&n.val), mean_std(&n.test));
-        let u = (!n.unseen.is_empty()).then(|| mean_std(&n.unseen));
-        let seeds: Vec<String> = n.seeds.iter().map(u64::to_string).collect();
         writeln!(
             md,
-            "**Seed noise.** `{}` trained with seeds {}: PublicTest {} ± {:.2} points (mean ± standard deviation; {} to {}), PrivateTest {} ± {:.2}{}. A difference between two single runs has a standard deviation of about √2 x that, so below a difference of **{:.2} points** on PublicTest (2√2 σ) two rows are not told apart; such effects are marked *(noise)* below.\n",
-            n.name,
-            seeds.join(", "),
-            pct(v.0),
-            100.0 * v.1,
-            pct(n.val.iter().copied().fold(f64::MAX, f64::min)),
-            pct(n.val.iter().copied().fold(f64::MIN, f64::max)),
-            pct(t.0),
-            100.0 * t.1,
-            u.map_or(String::new(), |u| format!(", leak-aware PrivateTest {} ± {:.2}", pct(u.0), 100.0 * u.1)),
+            "**Seed noise.** {}. A difference between two single runs has a standard deviation of about √2 x that, so below a difference of **{:.2} points** on PublicTest (2√2 σ) two rows are not told apart; such effects are marked *(noise)* below.\n",
+            n.describe(),
             100.0 * n.threshold()
         )?;
     }
@@ -517,7 +533,7 @@ fn render(inputs: &ReportInputs, records: &Records, base: &Path) -> anyhow::Resu
     }
     writeln!(md, "- Label noise: FER-2013 holds exact duplicate faces, some across splits and some with conflicting labels (section 1); human accuracy on it is about 65 ± 5%, which bounds what any label-faithful model can show.")?;
     match noise {
-        Some(n) => writeln!(md, "- Seed noise was measured on one recipe (`{}`, {} seeds, section 2); the other configurations were trained once, and an effect under {:.2} points of PublicTest is not distinguishable from a different seed.", n.name, n.seeds.len(), 100.0 * n.threshold())?,
+        Some(n) => writeln!(md, "- Seed noise was measured on the ablation's recipe `{}` ({} seeds, section 2; repeated runs of any other recipe are summarised beside them); the other configurations were trained once, and an effect under {:.2} points of PublicTest is not distinguishable from a different seed.", n.name, n.seeds.len(), 100.0 * n.threshold())?,
         None => writeln!(md, "- Each configuration was trained once, with one seed: differences of a point or less between rows are within seed-to-seed noise and should not be read as effects.")?,
     }
     writeln!(md, "- Leakage: some PrivateTest faces have a pixel-identical twin in Training, which a model may simply remember. Every PrivateTest figure above is followed by the leak-aware score, over the faces without one; the gap between the two shows how much of a number rests on memorised duplicates.")?;
@@ -634,6 +650,24 @@ fn beyond_the_ablation(md: &mut String, runs: &[Run], out: &Path) -> anyhow::Res
                 pct(on.val_acc),
                 100.0 * (on.test_acc - off.test_acc)
             )?;
+        }
+    }
+    // Runs of one recipe with different seeds: their spread, beside the first one given.
+    let mut grouped = vec![false; runs.len()];
+    for i in 0..runs.len() {
+        if grouped[i] {
+            continue;
+        }
+        let want = recipe(&runs[i])?;
+        let mut group = vec![&runs[i]];
+        for j in i + 1..runs.len() {
+            if !grouped[j] && !group.iter().any(|g| g.summary.seed == runs[j].summary.seed) && recipe(&runs[j])? == want {
+                grouped[j] = true;
+                group.push(&runs[j]);
+            }
+        }
+        if group.len() > 1 {
+            writeln!(md, "Seeds: {}.\n", Noise::of(runs[i].summary.name.clone(), group).describe())?;
         }
     }
     Ok(())

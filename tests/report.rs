@@ -59,13 +59,17 @@ fn ablation_then_report_from_run_records() {
     let mut student = tiny_config("student", 2);
     student.train.teacher = Some(runs.join("base").display().to_string());
     train(&student, &data, &opts).unwrap();
-    train(&tiny_config("plain", 2), &data, &opts).unwrap();
+    let plain = train(&tiny_config("plain", 2), &data, &opts).unwrap();
+    // The plain recipe again with another seed: its spread is reported beside it.
+    let mut plain_reseeded = tiny_config("plain-seed3", 2);
+    plain_reseeded.seed = 3;
+    let reseeded_summary = train(&plain_reseeded, &data, &opts).unwrap();
     let model_dir = dir.path().join("models/student");
     fer::export::export(&runs.join("student"), &model_dir, Some(&data)).unwrap();
 
     let inputs = fer::report::ReportInputs {
         baseline: runs.join("base"),
-        runs: vec![runs.join("student"), runs.join("plain")],
+        runs: vec![runs.join("student"), runs.join("plain"), runs.join("plain-seed3")],
         ablations: vec![out.clone(), out_one_off.clone()],
         seed_runs: vec![runs.join("02-smoothing+flip-seed5")],
         data_stats: None,
@@ -92,6 +96,9 @@ fn ablation_then_report_from_run_records() {
     assert!(md.contains("### Time to accuracy") && md.contains("](time_to_accuracy.png)"));
     assert!(dir.path().join("report/time_to_accuracy.png").is_file());
     assert!(md.contains("Distillation (`student` against `plain`"), "the distillation is measured against its twin");
+    let mean = 50.0 * (plain.val_acc + reseeded_summary.val_acc);
+    assert!(md.contains(&format!("Seeds: `plain` trained with seeds 3, 7: PublicTest {mean:.2}% ± ")), "{md}");
+    assert_eq!(md.matches("Seeds: ").count(), 1, "the student, with its teacher, is another recipe");
     assert!(md.contains("| **student** (shipped, BN folded) |"));
     assert!(md.contains("Shipped as `models/student`"), "the conclusion names the shipped model");
     assert!(md.contains("](pareto.png)"));
