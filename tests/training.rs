@@ -139,6 +139,40 @@ fn config_round_trips_through_toml() {
     assert!(bad.unwrap_err().to_string().contains("unknown network `resnet999`"));
 }
 
+/// Every experiment file in configs/ loads and builds its network (ablation files: every row),
+/// so a typo fails here rather than hours into a training queue; the front's recipes stay
+/// within their FLOP budgets (tiny at most 5 MFLOPs, nano at most 1, counted with batch norm,
+/// which folding only lowers).
+#[test]
+fn every_config_builds_and_the_front_keeps_its_budgets() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+    let mut files = Vec::new();
+    for dir in [root.clone(), root.join("ablation"), root.join("frontier")] {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                files.push(path);
+            }
+        }
+    }
+    assert!(files.len() >= 10, "{files:?}");
+    for path in &files {
+        let text = std::fs::read_to_string(path).unwrap();
+        let configs = if text.contains("[[methods]]") {
+            let (file, base) = fer::ablate::AblationFile::load(path).unwrap();
+            file.rows(&base).unwrap().into_iter().map(|row| row.config).collect()
+        } else {
+            vec![fer::config::Config::load(path).unwrap()]
+        };
+        for config in configs {
+            let flops = fer::flops::count_config(&config).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let name = path.file_stem().unwrap().to_string_lossy();
+            let budget = if name.starts_with("tiny") { 5e6 } else if name.starts_with("nano") { 1e6 } else { f64::INFINITY };
+            assert!((flops.fvcore_total as f64) <= budget, "{}: {} FLOPs", path.display(), flops.fvcore_total);
+        }
+    }
+}
+
 #[test]
 fn the_evaluation_blur_is_chosen_on_publictest_before_privatetest() {
     tch::set_num_threads(1);
