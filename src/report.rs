@@ -622,6 +622,24 @@ fn beyond_the_ablation(md: &mut String, runs: &[Run], out: &Path) -> anyhow::Res
         )?;
     }
     writeln!(md)?;
+    // Runs of one recipe with different seeds (indices into `runs`), and their spread.
+    let mut groups: Vec<(Vec<usize>, Noise)> = Vec::new();
+    for i in 0..runs.len() {
+        if groups.iter().any(|(members, _)| members.contains(&i)) {
+            continue;
+        }
+        let want = recipe(&runs[i])?;
+        let mut members = vec![i];
+        for j in i + 1..runs.len() {
+            if !members.iter().any(|&m| runs[m].summary.seed == runs[j].summary.seed) && recipe(&runs[j])? == want {
+                members.push(j);
+            }
+        }
+        if members.len() > 1 {
+            let noise = Noise::of(runs[i].summary.name.clone(), members.iter().map(|&m| &runs[m]).collect());
+            groups.push((members, noise));
+        }
+    }
     for (i, c) in configs.iter().enumerate() {
         if c.train.teacher.is_none() {
             continue;
@@ -638,37 +656,28 @@ fn beyond_the_ablation(md: &mut String, runs: &[Run], out: &Path) -> anyhow::Res
         });
         if let Some(j) = twin {
             let (on, off) = (&runs[i].summary, &runs[j].summary);
+            let gain = 100.0 * (on.val_acc - off.val_acc);
+            // Judged against the spread of the twin's recipe, where it was trained with other seeds.
+            let verdict = match groups.iter().find(|(members, _)| members.contains(&j)) {
+                Some((_, n)) if gain.abs() < 100.0 * n.threshold() => format!(" *(noise: under the {:.2} points that tell two single runs of `{}` apart)*", 100.0 * n.threshold(), n.name),
+                _ => String::new(),
+            };
             writeln!(
                 md,
-                "Distillation (`{}` against `{}`: the same network, recipe and seed, plus the teacher's outputs softened at temperature {} with weight {}): PublicTest {:+.2} points ({} -> {}), PrivateTest {:+.2} points.\n",
+                "Distillation (`{}` against `{}`: the same network, recipe and seed, plus the teacher's outputs softened at temperature {} with weight {}): PublicTest {:+.2} points ({} -> {}){verdict}, PrivateTest {:+.2} points.\n",
                 on.name,
                 off.name,
                 c.train.distill_temperature,
                 c.train.distill_weight,
-                100.0 * (on.val_acc - off.val_acc),
+                gain,
                 pct(off.val_acc),
                 pct(on.val_acc),
                 100.0 * (on.test_acc - off.test_acc)
             )?;
         }
     }
-    // Runs of one recipe with different seeds: their spread, beside the first one given.
-    let mut grouped = vec![false; runs.len()];
-    for i in 0..runs.len() {
-        if grouped[i] {
-            continue;
-        }
-        let want = recipe(&runs[i])?;
-        let mut group = vec![&runs[i]];
-        for j in i + 1..runs.len() {
-            if !grouped[j] && !group.iter().any(|g| g.summary.seed == runs[j].summary.seed) && recipe(&runs[j])? == want {
-                grouped[j] = true;
-                group.push(&runs[j]);
-            }
-        }
-        if group.len() > 1 {
-            writeln!(md, "Seeds: {}.\n", Noise::of(runs[i].summary.name.clone(), group).describe())?;
-        }
+    for (_, noise) in &groups {
+        writeln!(md, "Seeds: {}.\n", noise.describe())?;
     }
     Ok(())
 }

@@ -99,6 +99,12 @@ fn ablation_then_report_from_run_records() {
     let mean = 50.0 * (plain.val_acc + reseeded_summary.val_acc);
     assert!(md.contains(&format!("Seeds: `plain` trained with seeds 3, 7: PublicTest {mean:.2}% ± ")), "{md}");
     assert_eq!(md.matches("Seeds: ").count(), 1, "the student, with its teacher, is another recipe");
+    // The distillation's gain is judged against plain's seed spread: 2√2 x the sample std of two.
+    let student_summary: fer::train::Summary = serde_json::from_slice(&std::fs::read(runs.join("student/summary.json")).unwrap()).unwrap();
+    let threshold = 2.0 * std::f64::consts::SQRT_2 * 100.0 * (plain.val_acc - reseeded_summary.val_acc).abs() / std::f64::consts::SQRT_2;
+    let gain = 100.0 * (student_summary.val_acc - plain.val_acc);
+    let line = md.lines().find(|l| l.starts_with("Distillation (`student`")).unwrap();
+    assert_eq!(line.contains("*(noise: under the"), gain.abs() < threshold, "gain {gain}, threshold {threshold}: {line}");
     assert!(md.contains("| **student** (shipped, BN folded) |"));
     assert!(md.contains("Shipped as `models/student`"), "the conclusion names the shipped model");
     assert!(md.contains("](pareto.png)"));
