@@ -11,6 +11,9 @@ done
 for run in results/ablation-seeds/*/; do
     [[ -f $run/summary.json ]] && args+=(--seed-run "${run%/}")
 done
+for run in results/ablation-bf16/*/; do
+    [[ -f $run/summary.json ]] && args+=(--run "${run%/}")
+done
 for name in accurate tiny tiny-seed1 tiny-seed2 tiny-distilled tiny-long nano nano-wide nano-sharp; do
     [[ -f results/frontier/$name/summary.json ]] && args+=(--run "results/frontier/$name")
 done

@@ -561,8 +561,13 @@ fn render(inputs: &ReportInputs, records: &Records, base: &Path) -> anyhow::Resu
     Ok(md)
 }
 
-/// A short description of a run's network, from its config.
+/// A short description of a run's network (and its training precision when not f32), from its config.
 fn network(config: &crate::config::Config) -> String {
+    let precision = if config.train.precision == crate::config::Precision::Bf16 { ", trained in bf16" } else { "" };
+    network_layers(config) + precision
+}
+
+fn network_layers(config: &crate::config::Config) -> String {
     match (&config.model.network, &config.model.convnet) {
         (Some(name), _) => name.clone(),
         (None, Some(c)) => {
@@ -588,8 +593,7 @@ fn beyond_the_ablation(md: &mut String, runs: &[Run], out: &Path) -> anyhow::Res
         return Ok(());
     }
     let configs: Vec<crate::config::Config> = runs.iter().map(|r| crate::config::Config::parse(&r.config)).collect::<anyhow::Result<_>>()?;
-    writeln!(md, "### Beyond the ablation: longer training and distillation
-")?;
+    writeln!(md, "### Beyond the ablation: longer training, distillation, precision\n")?;
     // The evaluation blur gets a column only where some run used it.
     let blurred = runs.iter().zip(&configs).any(|(r, c)| c.train.eval_blur > 0.0 || !r.summary.blur_sweep.is_empty());
     let blur_head = if blurred { " eval blur (σ, chosen on PublicTest) |" } else { "" };
