@@ -285,17 +285,15 @@ impl Records {
     }
 }
 
-/// A run's recipe: its config with the seed and name left out.
-fn recipe(r: &Run) -> anyhow::Result<String> {
-    let mut c = crate::config::Config::parse(&r.config)?;
-    c.seed = 0;
-    c.name = String::new();
-    Ok(c.to_toml())
+/// A recipe: the config with the seed and name left out.
+fn recipe(config: &crate::config::Config) -> String {
+    crate::config::Config { seed: 0, name: String::new(), ..config.clone() }.to_toml()
 }
 
 /// The seed runs, with the run among `others` that has their recipe (seed and name aside).
 fn noise(seed_runs: &[Run], others: &[Run]) -> anyhow::Result<Option<Noise>> {
     let Some(first) = seed_runs.first() else { return Ok(None) };
+    let recipe = |r: &Run| -> anyhow::Result<String> { Ok(recipe(&crate::config::Config::parse(&r.config)?)) };
     let want = recipe(first)?;
     for r in seed_runs {
         anyhow::ensure!(recipe(r)? == want, "the seed runs must share one recipe");
@@ -563,12 +561,7 @@ fn render(inputs: &ReportInputs, records: &Records, base: &Path) -> anyhow::Resu
 
 /// A short description of a run's network (and its training precision when not f32), from its config.
 fn network(config: &crate::config::Config) -> String {
-    let precision = if config.train.precision == crate::config::Precision::Bf16 { ", trained in bf16" } else { "" };
-    network_layers(config) + precision
-}
-
-fn network_layers(config: &crate::config::Config) -> String {
-    match (&config.model.network, &config.model.convnet) {
+    let layers = match (&config.model.network, &config.model.convnet) {
         (Some(name), _) => name.clone(),
         (None, Some(c)) => {
             let mut s = format!("convnet {:?} x{}", c.widths, c.blocks);
@@ -583,7 +576,9 @@ fn network_layers(config: &crate::config::Config) -> String {
             s
         }
         _ => "explicit layers".into(),
-    }
+    };
+    let precision = if config.train.precision == crate::config::Precision::Bf16 { ", trained in bf16" } else { "" };
+    layers + precision
 }
 
 /// The runs given beyond the ablation (longer training, distillation), with the distillation
@@ -627,15 +622,15 @@ fn beyond_the_ablation(md: &mut String, runs: &[Run], out: &Path) -> anyhow::Res
     }
     writeln!(md)?;
     // Runs of one recipe with different seeds (indices into `runs`), and their spread.
+    let recipes: Vec<String> = configs.iter().map(recipe).collect();
     let mut groups: Vec<(Vec<usize>, Noise)> = Vec::new();
     for i in 0..runs.len() {
         if groups.iter().any(|(members, _)| members.contains(&i)) {
             continue;
         }
-        let want = recipe(&runs[i])?;
         let mut members = vec![i];
         for j in i + 1..runs.len() {
-            if !members.iter().any(|&m| runs[m].summary.seed == runs[j].summary.seed) && recipe(&runs[j])? == want {
+            if recipes[j] == recipes[i] && !members.iter().any(|&m| runs[m].summary.seed == runs[j].summary.seed) {
                 members.push(j);
             }
         }
