@@ -35,7 +35,7 @@ pub struct ModelConfig {
 }
 
 /// Test-time augmentation: extra views of each face whose predictions are averaged.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Tta {
     None,

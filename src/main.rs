@@ -134,6 +134,10 @@ enum Command {
         /// Training, PublicTest (val) or PrivateTest (test).
         #[arg(long, default_value = "PrivateTest")]
         split: String,
+        /// Test-time augmentation: the mean of the face and its mirror image (flip, 2 forward
+        /// passes), or of ten crops (ten-crop, 10 passes; models trained on crops under 48x48).
+        #[arg(long, value_enum, default_value = "none")]
+        tta: fer::config::Tta,
         /// Also write the confusion matrix here (PNG).
         #[arg(long)]
         png: Option<PathBuf>,
@@ -396,12 +400,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             fer::data::write_atomic(&out, &bytes)?;
             println!("wrote {} faces to {}", data.len(), out.display());
         }
-        Command::Eval { model, split, png, json } => {
+        Command::Eval { model, split, tta, png, json } => {
             let split = Split::parse(&split).ok_or_else(|| anyhow::anyhow!("unknown split `{split}`"))?;
             let dir = model.map_or_else(fer::predict::default_model, Ok)?;
             let trained = Trained::load(&dir, tch::Device::Cpu)?;
+            anyhow::ensure!(
+                tta != fer::config::Tta::TenCrop || trained.config.train.input_size < 48,
+                "--tta ten-crop needs a model trained on crops smaller than the face; {} sees the whole 48x48 face: try --tta flip",
+                dir.display()
+            );
             let data = fer::data::load(&cli.data)?;
-            let eval = trained.evaluate(&data.split(split));
+            let eval = trained.evaluate_with(&data.split(split), tta);
+            if tta != fer::config::Tta::None {
+                // What the extra views cost: each is one more forward pass.
+                let flops = fer::flops::count_config(&trained.config)?.fvcore_total * tta.views() as i64;
+                let note = format!(
+                    "{} test-time augmentation: {} forward passes, {flops} fvcore FLOPs a face, efficiency {:.1} %/GFLOP",
+                    clap::ValueEnum::to_possible_value(&tta).map_or_else(String::new, |v| v.get_name().to_string()),
+                    tta.views(),
+                    fer::flops::efficiency(100.0 * eval.accuracy, flops)
+                );
+                if json { eprintln!("{note}") } else { println!("{note}") }
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&eval)?);
             } else {

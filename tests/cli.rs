@@ -75,6 +75,15 @@ fn stats_export_train_eval_predict_end_to_end() {
     assert_eq!(eval["accuracy"], summary["test_acc"]);
     assert_eq!(eval["samples"], 70);
     assert!(d.join("cm.png").is_file());
+    // With the mirror image averaged in: two forward passes, each counted.
+    let o = fer(d, &["--data", csv, "eval", "--model", "runs/tiny", "--split", "test", "--tta", "flip", "--json"]);
+    let flipped: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(flipped["samples"], 70);
+    let flops = fer::flops::count_config(&tiny_config("tiny", 3)).unwrap().fvcore_total;
+    let note = String::from_utf8_lossy(&o.stderr);
+    assert!(note.contains(&format!("2 forward passes, {} fvcore FLOPs a face", 2 * flops)), "{note}");
+    let o = fer(d, &["--data", csv, "eval", "--model", "runs/tiny", "--tta", "ten-crop"]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("try --tta flip"));
 
     // `fer export --onnx`: a run becomes a model folder with a checked model.onnx.
     let out = stdout(&fer(d, &["--data", csv, "export", "runs/tiny", "--out", "shipped", "--onnx"]));
