@@ -3,8 +3,8 @@
 # 5 MFLOPs folded), the accurate model (also the teacher), the tiny model distilled from it, the
 # nano model (under 1 MFLOP), two more seeds of the tiny recipe, two nano variants and the tiny
 # model distilled for 60 epochs; ships the accurate model and the tiny and nano runs best on
-# PublicTest to models/ (BN folded, with model.onnx checked in tract), and scores each with flip
-# test-time augmentation (results/frontier/flip-tta). Interrupted runs resume;
+# PublicTest to models/ (BN folded, with model.onnx checked in tract; each card also scores flip
+# test-time augmentation apart). Interrupted runs resume;
 # finished ones are skipped. Records go to results/frontier/.
 # About 3 hours on 2 CPU cores; run it in the background:
 #   nohup scripts/frontier.sh > runs/frontier.log 2>&1 &
@@ -48,12 +48,4 @@ echo "== shipping accurate, $tiny and $nano (the tiny and nano runs best on Publ
 "$FER" export runs/accurate --out models/accurate --onnx
 "$FER" export "runs/$tiny" --out models/tiny --onnx
 "$FER" export "runs/$nano" --out models/nano --onnx
-# Each shipped model with its mirror image averaged in (2 forward passes), reported apart.
-mkdir -p results/frontier/flip-tta
-for model in accurate tiny nano; do
-    for split in val test; do
-        "$FER" eval --model "models/$model" --split $split --tta flip --json \
-            > "results/frontier/flip-tta/$model-$split.json" 2> "results/frontier/flip-tta/$model-$split.txt"
-    done
-done
 scripts/report.sh

@@ -45,6 +45,14 @@ pub enum Tta {
     TenCrop,
 }
 
+impl std::fmt::Display for Tta {
+    /// As on the command line: none, flip, ten-crop.
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        let value = clap::ValueEnum::to_possible_value(self).expect("every kind has a name");
+        f.write_str(value.get_name())
+    }
+}
+
 impl Tta {
     pub fn views(self) -> usize {
         match self {

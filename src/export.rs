@@ -6,11 +6,11 @@ use std::collections::HashMap;
 use std::path::Path;
 use tch::Tensor;
 
-use crate::config::{Config, ModelConfig};
+use crate::config::{Config, ModelConfig, Tta};
 use crate::data::{write_atomic, Dataset, Split};
 use crate::model::{fold_batch_norm, param_count};
 use crate::onnx::Agreement;
-use crate::train::{copy_named, Summary, Trained};
+use crate::train::{copy_named, Summary, Trained, TtaScore};
 
 /// The same model with every conv + batch-norm pair folded into one convolution.
 pub fn fold(model: &Trained) -> anyhow::Result<Trained> {
@@ -61,6 +61,10 @@ pub struct Card {
     /// `fer export --onnx` writes it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub onnx: Option<OnnxCheck>,
+    /// The folded model with its mirror image averaged in (two forward passes), scored at
+    /// export on both test splits, apart from the single pass (absent without the data).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flip_tta: Option<TtaScore>,
 }
 
 /// What the check of `model.onnx` found: tract's run of the file against libtorch's run of the
@@ -129,6 +133,7 @@ pub fn export(run: &Path, out: &Path, data: Option<&Dataset>) -> anyhow::Result<
         teacher: train_config.train.teacher.clone(),
         reproduce,
         onnx: None,
+        flip_tta: data.zip(val_faces.as_ref()).map(|(d, val)| folded.tta_score(val, &d.split(Split::PrivateTest), Tta::Flip, flops.fvcore_total)),
     };
     std::fs::create_dir_all(out)?;
     // An ONNX file from earlier weights would contradict these: `export_onnx` writes a new one.
@@ -220,6 +225,18 @@ pub fn card_markdown(card: &Card, train_config: &Config) -> String {
             card.folded_val_acc.map_or("not checked (no data at export)".into(), pct),
         ),
     ];
+    let flip_row = card.flip_tta.as_ref().map(|t| {
+        let unseen = t.test_acc_unseen.map_or(String::new(), |u| format!(" ({} leak-aware)", pct(u)));
+        let v = format!(
+            "PublicTest {}, PrivateTest {}{unseen}, at {} fvcore FLOPs ({} passes): efficiency {:.1}; `fer eval --tta flip`",
+            pct(t.val_acc),
+            pct(t.test_acc),
+            t.fvcore_flops,
+            t.views,
+            t.efficiency
+        );
+        ("with its mirror image averaged in (flip test-time augmentation, reported apart)", v)
+    });
     let onnx_row = card.onnx.as_ref().map(|o| {
         let a = &o.agreement;
         let mut v = format!(
@@ -231,7 +248,7 @@ pub fn card_markdown(card: &Card, train_config: &Config) -> String {
         }
         ("ONNX", v)
     });
-    for (k, v) in rows.into_iter().chain(onnx_row) {
+    for (k, v) in rows.into_iter().chain(flip_row).chain(onnx_row) {
         md += &format!("| {k} | {v} |\n");
     }
     md += &format!("\n## Architecture (as deployed)\n\n{}\n\n", card.architecture);

@@ -415,8 +415,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 // What the extra views cost: each is one more forward pass.
                 let flops = fer::flops::count_config(&trained.config)?.fvcore_total * tta.views() as i64;
                 let note = format!(
-                    "{} test-time augmentation: {} forward passes, {flops} fvcore FLOPs a face, efficiency {:.1} %/GFLOP",
-                    clap::ValueEnum::to_possible_value(&tta).map_or_else(String::new, |v| v.get_name().to_string()),
+                    "{tta} test-time augmentation: {} forward passes, {flops} fvcore FLOPs a face, efficiency {:.1} %/GFLOP",
                     tta.views(),
                     fer::flops::efficiency(100.0 * eval.accuracy, flops)
                 );

@@ -160,6 +160,22 @@ fn pareto_plot(path: &Path, runs: &[&Run], shipped: &[Card]) -> anyhow::Result<(
     Ok(())
 }
 
+/// A model scored with test-time augmentation: a row of its own, with the FLOPs of every view.
+fn tta_row(md: &mut String, name: &str, params: i64, t: &crate::train::TtaScore) -> std::fmt::Result {
+    writeln!(
+        md,
+        "| {name} + {} TTA ({} views) | {} | {} | {} | {params} | {:.2} / {:.5} = **{:.1}** |",
+        t.kind,
+        t.views,
+        pct(t.val_acc),
+        private(t.test_acc, t.test_acc_unseen),
+        t.fvcore_flops,
+        100.0 * t.test_acc,
+        t.fvcore_flops as f64 / 1e9,
+        t.efficiency
+    )
+}
+
 /// Runs found in an ablation folder (one record folder per row), in row order.
 fn ablation_rows(dir: &Path) -> Vec<PathBuf> {
     let mut rows: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -453,7 +469,7 @@ fn render(inputs: &ReportInputs, records: &Records, base: &Path) -> anyhow::Resu
             s.efficiency
         )?;
         if let Some(t) = &s.tta {
-            writeln!(md, "| {} + {:?} TTA ({} views) | {} | {} | {} | {} | {:.2} / {:.5} = **{:.1}** |", s.name, t.kind, t.views, pct(t.val_acc), private(t.test_acc, t.test_acc_unseen), t.fvcore_flops, s.params, 100.0 * t.test_acc, t.fvcore_flops as f64 / 1e9, t.efficiency)?;
+            tta_row(&mut md, &s.name, s.params, t)?;
         }
     }
     for c in shipped {
@@ -469,6 +485,9 @@ fn render(inputs: &ReportInputs, records: &Records, base: &Path) -> anyhow::Resu
             c.fvcore_flops as f64 / 1e9,
             c.efficiency
         )?;
+        if let Some(t) = &c.flip_tta {
+            tta_row(&mut md, &format!("**{}** (shipped)", c.name), c.params, t)?;
+        }
     }
     let cut = b.fvcore_flops as f64 / best.summary.fvcore_flops as f64;
     let baseline_flops = crate::flops::count_config(&crate::config::Config::parse(&baseline.config)?)?;
@@ -490,7 +509,7 @@ fn render(inputs: &ReportInputs, records: &Records, base: &Path) -> anyhow::Resu
         head_flops
     )?;
     if !shipped.is_empty() {
-        writeln!(md, "\nA shipped model is its run with every batch norm folded into the convolution before it (`fer export`): the same function (checked on PublicTest at export, and by a test on random statistics), without the 2 FLOPs per element that fvcore counts for eval-mode batch norm. Its efficiency uses the folded count.")?;
+        writeln!(md, "\nA shipped model is its run with every batch norm folded into the convolution before it (`fer export`): the same function (checked on PublicTest at export, and by a test on random statistics), without the 2 FLOPs per element that fvcore counts for eval-mode batch norm. Its efficiency uses the folded count. A row with TTA is the same weights with test-time augmentation (the face and its mirror image, or ten crops and their mirrors, averaged): each view is one more forward pass, counted in its FLOPs; it is reported apart and never replaces the single pass.")?;
     }
     let pareto = inputs.out.join("pareto.png");
     writeln!(md, "\n![accuracy vs GFLOPs]({})\n\nBlue dots are this project's runs (ablation rows by number), orange crosses the shipped models; grey triangles are published reference points, placed by their reported accuracy and an estimate of their fvcore GFLOPs; mini-Xception's 66% is on a random split, not PrivateTest.\n", rel(&pareto, out))?;

@@ -179,6 +179,22 @@ impl Trained {
     pub fn evaluate_with(&self, faces: &Faces, tta: Tta) -> Evaluation {
         evaluate_faces(&self.logits_with(faces, tta), faces)
     }
+
+    /// Both test splits scored with `tta`, reported apart from the single pass: each view is
+    /// one more forward pass of `single_pass_flops`.
+    pub fn tta_score(&self, val_faces: &Faces, test_faces: &Faces, tta: Tta, single_pass_flops: i64) -> TtaScore {
+        let test = self.evaluate_with(test_faces, tta);
+        let flops = single_pass_flops * tta.views() as i64;
+        TtaScore {
+            kind: tta,
+            views: tta.views(),
+            val_acc: self.evaluate_with(val_faces, tta).accuracy,
+            test_acc: test.accuracy,
+            test_acc_unseen: test.unseen.map(|u| u.accuracy),
+            fvcore_flops: flops,
+            efficiency: crate::flops::efficiency(100.0 * test.accuracy, flops),
+        }
+    }
 }
 
 /// Writes to a temporary `.safetensors` beside `path`, then renames it into place.
@@ -428,20 +444,7 @@ fn finish(config: &Config, data: &Dataset, dir: &Path, state: &RunState, opts: &
     let test = model.evaluate(&test_faces);
     let flops = crate::flops::count_config(config)?;
     let tta = config.train.tta;
-    let tta = (tta != Tta::None).then(|| {
-        let views = tta.views();
-        let test = model.evaluate_with(&test_faces, tta);
-        let test_acc = test.accuracy;
-        TtaScore {
-            kind: tta,
-            views,
-            val_acc: model.evaluate_with(&val_faces, tta).accuracy,
-            test_acc,
-            test_acc_unseen: test.unseen.map(|u| u.accuracy),
-            fvcore_flops: flops.fvcore_total * views as i64,
-            efficiency: crate::flops::efficiency(100.0 * test_acc, flops.fvcore_total * views as i64),
-        }
-    });
+    let tta = (tta != Tta::None).then(|| model.tta_score(&val_faces, &test_faces, tta, flops.fvcore_total));
     let summary = Summary {
         name: config.name.clone(),
         seed: config.seed,

@@ -90,6 +90,10 @@ fn stats_export_train_eval_predict_end_to_end() {
     assert!(out.contains("shipped/model.onnx: tract runs it on 70 PublicTest faces") && out.contains("the same label on 70 of them"), "{out}");
     let card: fer::export::Card = serde_json::from_slice(&std::fs::read(d.join("shipped/card.json")).unwrap()).unwrap();
     assert_eq!(card.onnx.unwrap().val_acc, Some(card.val_acc), "PublicTest through tract is the card's");
+    let flip = card.flip_tta.expect("export scores flip TTA where the data is");
+    assert_eq!((flip.views, flip.fvcore_flops), (2, 2 * card.fvcore_flops));
+    let eval_flipped = stdout(&fer(d, &["--data", csv, "eval", "--model", "shipped", "--split", "test", "--tta", "flip", "--json"]));
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&eval_flipped).unwrap()["accuracy"], flip.test_acc);
     std::fs::remove_file(d.join("shipped/model.onnx")).unwrap();
     let out = stdout(&fer(d, &["--data", csv, "export", "shipped", "--onnx"]));
     assert!(out.contains("shipped/model.onnx") && d.join("shipped/model.onnx").is_file(), "a model folder gains its model.onnx: {out}");

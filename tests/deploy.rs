@@ -153,6 +153,11 @@ fn shipped_models_reproduce_their_cards() {
         );
         let flops = fer::flops::count_config(&model.config).unwrap().fvcore_total;
         assert_eq!(flops, card.fvcore_flops, "{name}: the card's FLOPs are the folded model's");
+        // Its flip test-time augmentation, scored at export from the folded model itself.
+        let flip = card.flip_tta.as_ref().unwrap_or_else(|| panic!("{name}: no flip TTA on the card: re-export it with the data"));
+        let flipped = model.evaluate_with(&test, fer::config::Tta::Flip).accuracy;
+        assert!((flipped - flip.test_acc).abs() * test.len() as f64 <= 1.0, "{name}: flip TTA {flipped}, card {}", flip.test_acc);
+        assert_eq!(flip.fvcore_flops, 2 * flops, "{name}: two forward passes");
         checked.push(name);
     }
     assert!(checked.contains(&"tiny".to_string()) && checked.contains(&"accurate".to_string()), "checked {checked:?}");

@@ -106,6 +106,7 @@ fn ablation_then_report_from_run_records() {
     let line = md.lines().find(|l| l.starts_with("Distillation (`student`")).unwrap();
     assert_eq!(line.contains("*(noise: under the"), gain.abs() < threshold, "gain {gain}, threshold {threshold}: {line}");
     assert!(md.contains("| **student** (shipped, BN folded) |"));
+    assert!(md.contains("| **student** (shipped) + flip TTA (2 views) |"), "the card's flip TTA has a row apart");
     assert!(md.contains("Shipped as `models/student`"), "the conclusion names the shipped model");
     assert!(md.contains("](pareto.png)"));
     // The copy's links are relative to where it lies.
