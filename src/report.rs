@@ -554,7 +554,7 @@ fn render(inputs: &ReportInputs, records: &Records, base: &Path) -> anyhow::Resu
         None => writeln!(md, "- Each configuration was trained once, with one seed: differences of a point or less between rows are within seed-to-seed noise and should not be read as effects.")?,
     }
     writeln!(md, "- Leakage: some PrivateTest faces have a pixel-identical twin in Training, which a model may simply remember. Every PrivateTest figure above is followed by the leak-aware score, over the faces without one; the gap between the two shows how much of a number rests on memorised duplicates.")?;
-    writeln!(md, "- Runs were trained on a 2-core CPU unless their record names another device; the longer runs and distillation above were tried once each rather than tuned.")?;
+    writeln!(md, "- Runs were trained on a 2-core CPU unless their record names another device; the longer runs and distillation above were not tuned, and each recipe ran with one seed unless a `Seeds:` line gives its spread.")?;
     writeln!(
         md,
         "\nConclusion: the best model on PublicTest, `{}`, reaches {} on PrivateTest (leak-aware in brackets) at {:.5} GFLOPs, against the baseline's {} at {:.4} GFLOPs.",
