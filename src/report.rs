@@ -149,7 +149,8 @@ fn pareto_plot(path: &Path, runs: &[&Run], shipped: &[Card]) -> anyhow::Result<(
     for (name, y, x) in &stars {
         chart.draw_series([Cross::new((*x, *y), 7, orange.stroke_width(3))]).map_err(|e| anyhow::anyhow!("{e}"))?;
         chart
-            .draw_series([Text::new(name.clone(), (*x, *y - 1.5), ("sans-serif", 13).into_font().color(&orange))])
+            // Above the cross: below it sit the labels of the runs it was shipped from.
+            .draw_series([Text::new(name.clone(), (*x, *y + 2.2), ("sans-serif", 13).into_font().color(&orange))])
             .map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     for (name, y, x) in ANCHORS {
