@@ -133,7 +133,7 @@ pub fn export(run: &Path, out: &Path, data: Option<&Dataset>) -> anyhow::Result<
         teacher: train_config.train.teacher.clone(),
         reproduce,
         onnx: None,
-        flip_tta: data.zip(val_faces.as_ref()).map(|(d, val)| folded.tta_score(val, &d.split(Split::PrivateTest), Tta::Flip, flops.fvcore_total)),
+        flip_tta: data.zip(val_faces.as_ref()).map(|(d, val)| folded.tta_score(val, &d.split(Split::PrivateTest), Tta::Flip)).transpose()?,
     };
     std::fs::create_dir_all(out)?;
     // An ONNX file from earlier weights would contradict these: `export_onnx` writes a new one.

@@ -128,9 +128,10 @@ enum Command {
     },
     /// Accuracy, per-class precision / recall / F1 and the confusion matrix on a split.
     Eval {
-        /// A run or model folder (default: the shipped tiny model, else runs/baseline).
+        /// A run or model folder (default: the shipped tiny model, else runs/baseline); given
+        /// more than once, the models are scored as an ensemble (their probabilities averaged).
         #[arg(long)]
-        model: Option<PathBuf>,
+        model: Vec<PathBuf>,
         /// Training, PublicTest (val) or PrivateTest (test).
         #[arg(long, default_value = "PrivateTest")]
         split: String,
@@ -402,29 +403,40 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Eval { model, split, tta, png, json } => {
             let split = Split::parse(&split).ok_or_else(|| anyhow::anyhow!("unknown split `{split}`"))?;
-            let dir = model.map_or_else(fer::predict::default_model, Ok)?;
-            let trained = Trained::load(&dir, tch::Device::Cpu)?;
-            anyhow::ensure!(
-                tta != fer::config::Tta::TenCrop || trained.config.train.input_size < 48,
-                "--tta ten-crop needs a model trained on crops smaller than the face; {} sees the whole 48x48 face: try --tta flip",
-                dir.display()
-            );
+            let dirs = if model.is_empty() { vec![fer::predict::default_model()?] } else { model };
+            let mut models = Vec::new();
+            for dir in &dirs {
+                let trained = Trained::load(dir, tch::Device::Cpu)?;
+                anyhow::ensure!(
+                    tta != fer::config::Tta::TenCrop || trained.config.train.input_size < 48,
+                    "--tta ten-crop needs a model trained on crops smaller than the face; {} sees the whole 48x48 face: try --tta flip",
+                    dir.display()
+                );
+                models.push(trained);
+            }
             let data = fer::data::load(&cli.data)?;
-            let eval = trained.evaluate_with(&data.split(split), tta);
-            if tta != fer::config::Tta::None {
-                // What the extra views cost: each is one more forward pass.
-                let flops = fer::flops::count_config(&trained.config)?.fvcore_total * tta.views() as i64;
+            let faces = data.split(split);
+            let eval = fer::eval::evaluate_faces(&fer::train::ensemble_logits(&models, &faces, tta), &faces);
+            if tta != fer::config::Tta::None || models.len() > 1 {
+                // What the extra views and models cost: each is one more forward pass.
+                let flops = models.iter().map(|m| m.flops_with(tta)).sum::<anyhow::Result<i64>>()?;
+                let what = match (models.len(), tta) {
+                    (1, tta) => format!("{tta} test-time augmentation"),
+                    (n, fer::config::Tta::None) => format!("an ensemble of {n} models"),
+                    (n, tta) => format!("an ensemble of {n} models, each with {tta} test-time augmentation"),
+                };
                 let note = format!(
-                    "{tta} test-time augmentation: {} forward passes, {flops} fvcore FLOPs a face, efficiency {:.1} %/GFLOP",
-                    tta.views(),
+                    "{what}: {} forward passes, {flops} fvcore FLOPs a face, efficiency {:.1} %/GFLOP",
+                    models.len() * tta.views(),
                     fer::flops::efficiency(100.0 * eval.accuracy, flops)
                 );
                 if json { eprintln!("{note}") } else { println!("{note}") }
             }
+            let name = dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(" + ");
             if json {
                 println!("{}", serde_json::to_string_pretty(&eval)?);
             } else {
-                println!("{} on {split}:\n{}", dir.display(), eval.tables());
+                println!("{name} on {split}:\n{}", eval.tables());
             }
             if let Some(png) = png {
                 fer::plot::confusion_matrix(&png, &eval, split.name())?;

@@ -180,12 +180,17 @@ impl Trained {
         evaluate_faces(&self.logits_with(faces, tta), faces)
     }
 
+    /// fvcore FLOPs of one face through this model with `tta`: one forward pass per view.
+    pub fn flops_with(&self, tta: Tta) -> anyhow::Result<i64> {
+        Ok(crate::flops::count_config(&self.config)?.fvcore_total * tta.views() as i64)
+    }
+
     /// Both test splits scored with `tta`, reported apart from the single pass: each view is
-    /// one more forward pass of `single_pass_flops`.
-    pub fn tta_score(&self, val_faces: &Faces, test_faces: &Faces, tta: Tta, single_pass_flops: i64) -> TtaScore {
+    /// one more forward pass.
+    pub fn tta_score(&self, val_faces: &Faces, test_faces: &Faces, tta: Tta) -> anyhow::Result<TtaScore> {
         let test = self.evaluate_with(test_faces, tta);
-        let flops = single_pass_flops * tta.views() as i64;
-        TtaScore {
+        let flops = self.flops_with(tta)?;
+        Ok(TtaScore {
             kind: tta,
             views: tta.views(),
             val_acc: self.evaluate_with(val_faces, tta).accuracy,
@@ -193,8 +198,15 @@ impl Trained {
             test_acc_unseen: test.unseen.map(|u| u.accuracy),
             fvcore_flops: flops,
             efficiency: crate::flops::efficiency(100.0 * test.accuracy, flops),
-        }
+        })
     }
+}
+
+/// Several models scored as one: the log of the mean of their probabilities (each with `tta`),
+/// so accuracy and cross-entropy read as for a single model.
+pub fn ensemble_logits(models: &[Trained], faces: &Faces, tta: Tta) -> Tensor {
+    let probs: Vec<Tensor> = models.iter().map(|m| m.logits_with(faces, tta).softmax(-1, tch::Kind::Float)).collect();
+    Tensor::stack(&probs, 0).mean_dim(0, false, tch::Kind::Float).log()
 }
 
 /// Writes to a temporary `.safetensors` beside `path`, then renames it into place.
@@ -444,7 +456,7 @@ fn finish(config: &Config, data: &Dataset, dir: &Path, state: &RunState, opts: &
     let test = model.evaluate(&test_faces);
     let flops = crate::flops::count_config(config)?;
     let tta = config.train.tta;
-    let tta = (tta != Tta::None).then(|| model.tta_score(&val_faces, &test_faces, tta, flops.fvcore_total));
+    let tta = (tta != Tta::None).then(|| model.tta_score(&val_faces, &test_faces, tta)).transpose()?;
     let summary = Summary {
         name: config.name.clone(),
         seed: config.seed,

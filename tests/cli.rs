@@ -82,6 +82,12 @@ fn stats_export_train_eval_predict_end_to_end() {
     let flops = fer::flops::count_config(&tiny_config("tiny", 3)).unwrap().fvcore_total;
     let note = String::from_utf8_lossy(&o.stderr);
     assert!(note.contains(&format!("2 forward passes, {} fvcore FLOPs a face", 2 * flops)), "{note}");
+    // An ensemble of a model with itself is that model, at twice its FLOPs.
+    let o = fer(d, &["--data", csv, "eval", "--model", "runs/tiny", "--model", "runs/tiny", "--split", "test", "--json"]);
+    let twice: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(twice["confusion"], eval["confusion"]);
+    let note = String::from_utf8_lossy(&o.stderr);
+    assert!(note.contains(&format!("an ensemble of 2 models: 2 forward passes, {} fvcore FLOPs a face", 2 * flops)), "{note}");
     let o = fer(d, &["--data", csv, "eval", "--model", "runs/tiny", "--tta", "ten-crop"]);
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("try --tta flip"));
 
