@@ -54,6 +54,16 @@ impl std::fmt::Display for Tta {
 }
 
 impl Tta {
+    /// Whether a model that sees `side` x `side` crops of the face can take these views: ten
+    /// crops of the whole face would all be the same one.
+    pub fn check_input(self, side: usize) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self != Tta::TenCrop || side < crate::data::SIDE,
+            "ten-crop test-time augmentation needs a model trained on crops smaller than the face (input_size under 48, not {side})"
+        );
+        Ok(())
+    }
+
     pub fn views(self) -> usize {
         match self {
             Tta::None => 1,
@@ -200,7 +210,7 @@ impl Config {
         };
         let side = self.train.input_size;
         anyhow::ensure!((8..=48).contains(&side), "input_size {side} must be between 8 and 48");
-        anyhow::ensure!(self.train.tta != Tta::TenCrop || side < 48, "ten-crop test-time augmentation needs input_size < 48");
+        self.train.tta.check_input(side)?;
         crate::model::shapes_at(&layers, side as i64)?;
         Ok(layers)
     }

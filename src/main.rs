@@ -407,11 +407,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mut models = Vec::new();
             for dir in &dirs {
                 let trained = Trained::load(dir, tch::Device::Cpu)?;
-                anyhow::ensure!(
-                    tta != fer::config::Tta::TenCrop || trained.config.train.input_size < 48,
-                    "--tta ten-crop needs a model trained on crops smaller than the face; {} sees the whole 48x48 face: try --tta flip",
-                    dir.display()
-                );
+                tta.check_input(trained.config.train.input_size).map_err(|e| anyhow::anyhow!("{}: {e}: try --tta flip", dir.display()))?;
                 models.push(trained);
             }
             let data = fer::data::load(&cli.data)?;
