@@ -34,6 +34,39 @@ pub struct ModelConfig {
     pub layers: Option<Vec<Layer>>,
 }
 
+/// The run or model folder a distilled run learns from, or several taught as an ensemble
+/// (their mean probabilities, as `fer eval` scores an ensemble).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Teacher {
+    One(String),
+    Ensemble(Vec<String>),
+}
+
+impl Teacher {
+    /// One path is one teacher, several an ensemble.
+    pub fn new(mut paths: Vec<String>) -> Option<Teacher> {
+        match paths.len() {
+            0 => None,
+            1 => paths.pop().map(Teacher::One),
+            _ => Some(Teacher::Ensemble(paths)),
+        }
+    }
+
+    pub fn paths(&self) -> &[String] {
+        match self {
+            Teacher::One(path) => std::slice::from_ref(path),
+            Teacher::Ensemble(paths) => paths,
+        }
+    }
+}
+
+impl std::fmt::Display for Teacher {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(&self.paths().join(" + "))
+    }
+}
+
 /// Test-time augmentation: extra views of each face whose predictions are averaged.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
@@ -128,9 +161,10 @@ pub struct TrainConfig {
     /// AVX512-BF16). Evaluation is always f32.
     pub precision: Precision,
     /// Knowledge distillation: a trained run or model folder whose softened outputs the
-    /// network also learns from (unset = no distillation).
+    /// network also learns from, or a list of them taught as an ensemble (unset = no
+    /// distillation).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub teacher: Option<String>,
+    pub teacher: Option<Teacher>,
     /// Softmax temperature of the distillation term.
     pub distill_temperature: f64,
     /// Weight of the distillation term; the label loss gets 1 minus this.
@@ -181,6 +215,7 @@ impl Config {
         anyhow::ensure!((0.0..=1.0).contains(&t.distill_weight), "distill_weight {} must be between 0 and 1", t.distill_weight);
         anyhow::ensure!(t.eval_blur >= 0.0 && t.eval_blur_choices.iter().all(|&s| s >= 0.0), "blur sigmas must not be negative");
         anyhow::ensure!(t.distill_temperature > 0.0, "distill_temperature must be positive");
+        anyhow::ensure!(t.teacher.as_ref().is_none_or(|t| !t.paths().is_empty()), "teacher: an empty list; leave it out to train without one");
         Ok(config)
     }
 

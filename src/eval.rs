@@ -43,9 +43,8 @@ pub fn blur(x: &Tensor, sigma: f64) -> Tensor {
     rows.conv2d(&g.reshape([1, 1, k, 1]), None::<Tensor>, [1, 1], [0, 0], [1, 1], 1)
 }
 
-/// Class scores for every face, `[N, 7]` on the CPU, in eval mode without gradients.
-/// A single view gives the network's logits; several views give the log of their mean
-/// softmax, so accuracy and cross-entropy read the same way.
+/// Class scores for every face, `[N, 7]` on the CPU, in eval mode without gradients: the
+/// network's logits, or with several views their [`combine`]d scores.
 pub fn logits(net: &dyn ModuleT, faces: &Faces, batch_size: usize, device: Device, side: usize, tta: Tta, blur_sigma: f64) -> Tensor {
     let (x, _) = faces.tensors();
     let n = faces.len() as i64;
@@ -57,26 +56,14 @@ pub fn logits(net: &dyn ModuleT, faces: &Faces, batch_size: usize, device: Devic
         while start < n {
             let len = (batch_size as i64).min(n - start);
             let xb = blur(&normalize(&x.narrow(0, start, len).to_device(device)), blur_sigma);
-            let mut probs: Option<Tensor> = None;
-            for &(oy, ox, flip) in &views {
-                let mut v = xb.narrow(2, oy, side).narrow(3, ox, side);
-                if flip {
-                    v = v.flip([3]);
-                }
-                let out = net.forward_t(&v, false);
-                if views.len() == 1 {
-                    probs = Some(out);
-                    break;
-                }
-                let p = out.softmax(-1, Kind::Float);
-                probs = Some(match probs {
-                    Some(acc) => acc + p,
-                    None => p,
-                });
-            }
-            let out = probs.expect("at least one view");
-            let out = if views.len() == 1 { out } else { (out / views.len() as f64).log() };
-            parts.push(out.to_device(Device::Cpu));
+            let outs: Vec<Tensor> = views
+                .iter()
+                .map(|&(oy, ox, flip)| {
+                    let v = xb.narrow(2, oy, side).narrow(3, ox, side);
+                    net.forward_t(&if flip { v.flip([3]) } else { v }, false)
+                })
+                .collect();
+            parts.push(combine(&outs).to_device(Device::Cpu));
             start += len;
         }
     });
@@ -84,6 +71,20 @@ pub fn logits(net: &dyn ModuleT, faces: &Faces, batch_size: usize, device: Devic
         return Tensor::zeros([0, NUM_CLASSES as i64], (Kind::Float, Device::Cpu));
     }
     Tensor::cat(&parts, 0)
+}
+
+/// Several class scores for the same faces (views, ensemble members, teachers) as one: the log
+/// of their mean softmax, so accuracy and cross-entropy read as for a single model; a single
+/// score passes through unchanged. Computed as a log-sum-exp, so a confident member's zero
+/// probabilities stay finite.
+pub fn combine(scores: &[Tensor]) -> Tensor {
+    match scores {
+        [one] => one.shallow_clone(),
+        _ => {
+            let log_probs: Vec<Tensor> = scores.iter().map(|s| s.log_softmax(-1, Kind::Float)).collect();
+            Tensor::stack(&log_probs, 0).logsumexp([0], false) - (scores.len() as f64).ln()
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -228,6 +229,22 @@ mod tests {
         let e = blur(&edge, 2.0);
         let (left, right) = (e.double_value(&[0, 0, 10, 23]), e.double_value(&[0, 0, 10, 24]));
         assert!(left > 0.05 && left < 0.5 && right > 0.5 && right < 0.95, "{left} {right}");
+    }
+
+    #[test]
+    fn combined_scores_are_the_log_of_the_mean_probability() {
+        let a = Tensor::from_slice(&[2.0f32, 0., -1., 0., 0., 0., 1.]).reshape([1, 7]);
+        let b = Tensor::from_slice(&[0.0f32, 3., 0., 0., 1., 0., 0.]).reshape([1, 7]);
+        // One score passes through as it is (a single teacher teaches exactly as before).
+        assert_eq!(combine(&[a.shallow_clone()]), a);
+        let mean = (a.softmax(-1, Kind::Float) + b.softmax(-1, Kind::Float)) / 2.0;
+        let diff = (combine(&[a.shallow_clone(), b.shallow_clone()]).exp() - mean).abs().max().double_value(&[]);
+        assert!(diff < 1e-6, "{diff}");
+        // A member sure of one class (zero probability elsewhere in f32) leaves no -inf behind.
+        let sure = Tensor::from_slice(&[500.0f32, 0., 0., 0., 0., 0., 0.]).reshape([1, 7]);
+        let both = combine(&[sure.shallow_clone(), sure]);
+        assert!(both.isfinite().all().int64_value(&[]) == 1, "{both}");
+        assert!((both.double_value(&[0, 1]) + 500.0).abs() < 1e-3);
     }
 
     #[test]

@@ -130,7 +130,7 @@ pub fn export(run: &Path, out: &Path, data: Option<&Dataset>) -> anyhow::Result<
         threads: summary.threads,
         device: summary.device.clone(),
         machine: summary.machine.clone(),
-        teacher: train_config.train.teacher.clone(),
+        teacher: train_config.train.teacher.as_ref().map(|t| t.to_string()),
         reproduce,
         onnx: None,
         flip_tta: data.zip(val_faces.as_ref()).map(|(d, val)| folded.tta_score(val, &d.split(Split::PrivateTest), Tta::Flip)).transpose()?,

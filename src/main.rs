@@ -48,9 +48,10 @@ enum Command {
         /// When done, copy the run's record (config, metrics, summary, plots; no weights) here.
         #[arg(long)]
         record: Option<PathBuf>,
-        /// Distil from this trained run or model folder (sets the config's train.teacher).
+        /// Distil from this trained run or model folder (sets the config's train.teacher);
+        /// give it more than once to distil from the ensemble of them.
         #[arg(long)]
-        teacher: Option<PathBuf>,
+        teacher: Vec<PathBuf>,
         /// Train with this seed instead of the config's; the run is named <name>-seed<N>.
         #[arg(long)]
         seed: Option<u64>,
@@ -317,8 +318,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(e) = epochs {
                 cfg.train.epochs = e;
             }
-            if let Some(t) = teacher {
-                cfg.train.teacher = Some(t.display().to_string());
+            if !teacher.is_empty() {
+                cfg.train.teacher = fer::config::Teacher::new(teacher.iter().map(|t| t.display().to_string()).collect());
             }
             let data = fer::data::load(&cli.data)?;
             let opts = TrainOptions { runs_dir: runs.clone(), resume, fresh, device: device(&dev)?, ..Default::default() };

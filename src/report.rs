@@ -632,7 +632,7 @@ fn beyond_the_ablation(md: &mut String, runs: &[Run], out: &Path) -> anyhow::Res
             network(c),
             s.epochs,
             s.best_epoch,
-            c.train.teacher.as_deref().unwrap_or("none"),
+            c.train.teacher.as_ref().map_or("none".to_string(), |t| t.to_string()),
             blur,
             pct(s.val_acc),
             private(s.test_acc, s.test_acc_unseen),

@@ -16,7 +16,7 @@ use crate::data::{write_atomic, Dataset, Faces, Split, NUM_CLASSES};
 use crate::loss::Loss;
 use crate::optim::Schedule;
 use std::sync::Arc;
-use crate::eval::{evaluate_faces, logits, Evaluation};
+use crate::eval::{combine, evaluate_faces, logits, Evaluation};
 use crate::model::{param_count, Net};
 use crate::optim::Optimizer;
 
@@ -202,11 +202,10 @@ impl Trained {
     }
 }
 
-/// Several models scored as one: the log of the mean of their probabilities (each with `tta`),
-/// so accuracy and cross-entropy read as for a single model.
+/// Several models scored as one (each with `tta`), [`combine`]d.
 pub fn ensemble_logits(models: &[Trained], faces: &Faces, tta: Tta) -> Tensor {
-    let probs: Vec<Tensor> = models.iter().map(|m| m.logits_with(faces, tta).softmax(-1, tch::Kind::Float)).collect();
-    Tensor::stack(&probs, 0).mean_dim(0, false, tch::Kind::Float).log()
+    let scores: Vec<Tensor> = models.iter().map(|m| m.logits_with(faces, tta)).collect();
+    combine(&scores)
 }
 
 /// Writes to a temporary `.safetensors` beside `path`, then renames it into place.
@@ -262,7 +261,7 @@ pub fn train(config: &Config, data: &Dataset, opts: &TrainOptions) -> anyhow::Re
     let lines: String = state.history.iter().map(|m| serde_json::to_string(m).unwrap() + "\n").collect();
     write_atomic(&metrics_path, lines.as_bytes())?;
 
-    let teacher = load_teacher(config, opts.device)?;
+    let teachers = load_teachers(config, opts.device)?;
     let counts = data.counts()[Split::Training as usize];
     let loss_fn = Loss::new(&config.train, &counts, opts.device);
     let train_faces = Arc::new(train_faces);
@@ -300,8 +299,8 @@ pub fn train(config: &Config, data: &Dataset, opts: &TrainOptions) -> anyhow::Re
             let targets = Tensor::from_slice(&batch_data.targets).reshape([len, NUM_CLASSES as i64]).to_device(opts.device);
             let out = model.net.forward_t(&xb, true);
             let mut loss = loss_fn.soft(&out, &targets);
-            if let Some(teacher) = &teacher {
-                let taught = tch::no_grad(|| teacher.net.forward_t(&xb, false));
+            if !teachers.is_empty() {
+                let taught = tch::no_grad(|| combine(&teachers.iter().map(|t| t.net.forward_t(&xb, false)).collect::<Vec<_>>()));
                 let w = config.train.distill_weight;
                 loss = loss * (1.0 - w) + Loss::distill(&out, &taught, config.train.distill_temperature) * w;
             }
@@ -394,13 +393,19 @@ pub fn train(config: &Config, data: &Dataset, opts: &TrainOptions) -> anyhow::Re
     finish(config, data, &dir, &state, opts)
 }
 
-/// The trained model a distilled run learns from, checked to see the same input.
-fn load_teacher(config: &Config, device: Device) -> anyhow::Result<Option<Trained>> {
-    let Some(path) = &config.train.teacher else { return Ok(None) };
-    let teacher = Trained::load(Path::new(path), device).map_err(|e| anyhow::anyhow!("teacher {path}: {e}"))?;
-    let (want, got) = (config.train.input_size, teacher.config.train.input_size);
-    anyhow::ensure!(want == got, "teacher {path} takes {got}x{got} inputs, this run {want}x{want}");
-    Ok(Some(teacher))
+/// The trained models a distilled run learns from (none, one, or an ensemble), each checked
+/// to see the same input.
+fn load_teachers(config: &Config, device: Device) -> anyhow::Result<Vec<Trained>> {
+    let paths = config.train.teacher.as_ref().map_or(&[][..], |t| t.paths());
+    paths
+        .iter()
+        .map(|path| {
+            let teacher = Trained::load(Path::new(path), device).map_err(|e| anyhow::anyhow!("teacher {path}: {e}"))?;
+            let (want, got) = (config.train.input_size, teacher.config.train.input_size);
+            anyhow::ensure!(want == got, "teacher {path} takes {got}x{got} inputs, this run {want}x{want}");
+            Ok(teacher)
+        })
+        .collect()
 }
 
 /// Drops what a killed run was in the middle of writing (temporary and partial files).

@@ -2,7 +2,7 @@
 mod common;
 
 use common::{opts, real_data, synthetic, tiny_config};
-use fer::config::Config;
+use fer::config::{Config, Teacher};
 use fer::data::Split;
 use fer::export::{export, fold, Card};
 use fer::model::Layer;
@@ -87,16 +87,31 @@ fn a_student_learns_from_the_teacher_alone() {
     }
     let mut student = tiny_config("student", 4);
     student.seed = 8;
-    student.train.teacher = Some(teacher.display().to_string());
+    student.train.teacher = Some(Teacher::One(teacher.display().to_string()));
     student.train.distill_weight = 1.0;
     let summary = train(&student, &mislabelled, &opts(runs.path())).unwrap();
     assert!(summary.val_acc > 0.5, "the student learned the classes from the teacher: {}", summary.val_acc);
 
-    // A teacher that is not there is a clear error, not a silent undistilled run.
-    let mut orphan = tiny_config("orphan", 1);
-    orphan.train.teacher = Some(runs.path().join("missing").display().to_string());
-    let err = train(&orphan, &data, &opts(runs.path())).unwrap_err().to_string();
-    assert!(err.contains("teacher"), "{err}");
+    // An ensemble teaches too: the teacher and a second, worse one (one epoch, another seed).
+    let mut second = tiny_config("second", 1);
+    second.seed = 9;
+    train(&second, &data, &opts(runs.path())).unwrap();
+    let members = vec![teacher.display().to_string(), runs.path().join("second").display().to_string()];
+    let mut taught_by_two = student.clone();
+    taught_by_two.name = "taught-by-two".into();
+    taught_by_two.train.teacher = Teacher::new(members.clone());
+    let summary = train(&taught_by_two, &mislabelled, &opts(runs.path())).unwrap();
+    assert!(summary.val_acc > 0.5, "the student learned the classes from the ensemble: {}", summary.val_acc);
+
+    // A teacher that is not there, alone or in an ensemble, is a clear error naming it, not a
+    // silent undistilled run.
+    let missing = runs.path().join("missing").display().to_string();
+    for teacher in [Teacher::One(missing.clone()), Teacher::Ensemble(vec![members[0].clone(), missing.clone()])] {
+        let mut orphan = tiny_config("orphan", 1);
+        orphan.train.teacher = Some(teacher);
+        let err = train(&orphan, &data, &opts(runs.path())).unwrap_err().to_string();
+        assert!(err.contains("teacher") && err.contains(&missing), "{err}");
+    }
 }
 
 #[test]

@@ -2,7 +2,7 @@ mod common;
 
 use common::synthetic;
 use fer::augment::{make_batch, AugmentConfig};
-use fer::config::{Config, Tta};
+use fer::config::{Config, Teacher, Tta};
 use fer::data::{Split, NUM_CLASSES, PIXELS, SIDE};
 use fer::model::{Attention, ConvNet, Layer};
 use fer::train::{train, TrainOptions, Trained};
@@ -175,6 +175,13 @@ erasing = 0.25
     assert_eq!(c.train.tta, Tta::TenCrop);
     assert!(Config::parse(&text.replace("input_size = 44", "input_size = 48")).unwrap_err().to_string().contains("ten-crop"));
     assert!(Config::parse(&text.replace("hflip", "hflop")).is_err(), "unknown keys are errors");
+    // A list of teachers is an ensemble, and round-trips as one; an empty list is an error.
+    let ensemble = Config::parse(&text.replace("\"runs/some-teacher\"", "[\"runs/a\", \"runs/b\"]")).unwrap();
+    assert_eq!(ensemble.train.teacher, Some(Teacher::Ensemble(vec!["runs/a".into(), "runs/b".into()])));
+    assert_eq!(ensemble.train.teacher.as_ref().unwrap().to_string(), "runs/a + runs/b");
+    assert_eq!(Config::parse(&ensemble.to_toml()).unwrap(), ensemble);
+    assert_eq!(c.train.teacher, Some(Teacher::One("runs/some-teacher".into())));
+    assert!(Config::parse(&text.replace("\"runs/some-teacher\"", "[]")).unwrap_err().to_string().contains("teacher"));
 }
 
 #[test]

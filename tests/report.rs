@@ -57,7 +57,7 @@ fn ablation_then_report_from_run_records() {
     // Beyond the ablation: a run distilled from the baseline, its twin without the teacher,
     // and the student shipped as a model folder.
     let mut student = tiny_config("student", 2);
-    student.train.teacher = Some(runs.join("base").display().to_string());
+    student.train.teacher = Some(fer::config::Teacher::One(runs.join("base").display().to_string()));
     train(&student, &data, &opts).unwrap();
     let plain = train(&tiny_config("plain", 2), &data, &opts).unwrap();
     // The plain recipe again with another seed: its spread is reported beside it.
