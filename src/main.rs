@@ -318,8 +318,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(e) = epochs {
                 cfg.train.epochs = e;
             }
-            if !teacher.is_empty() {
-                cfg.train.teacher = fer::config::Teacher::new(teacher.iter().map(|t| t.display().to_string()).collect());
+            if let Some(t) = fer::config::Teacher::new(teacher.iter().map(|t| t.display().to_string()).collect()) {
+                cfg.train.teacher = Some(t);
             }
             let data = fer::data::load(&cli.data)?;
             let opts = TrainOptions { runs_dir: runs.clone(), resume, fresh, device: device(&dev)?, ..Default::default() };
