@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 use crate::config::Config;
 use crate::data::Dataset;
-use crate::train::{train, Summary, TrainOptions};
+use crate::record::Summary;
+use crate::train::{train, TrainOptions};
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]

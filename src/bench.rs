@@ -6,8 +6,8 @@ use std::time::Instant;
 use tch::nn::ModuleT;
 use tch::{Device, Kind, Tensor};
 
-use crate::optim::Optimizer;
-use crate::train::Trained;
+use crate::train::optim::Optimizer;
+use crate::nn::model::Trained;
 
 pub struct BenchArgs {
     pub mode: String,
@@ -140,7 +140,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
         _ => {}
     }
     tch::manual_seed(0);
-    let (mut config, _) = crate::flops::resolve(&args.model)?;
+    let (mut config, _) = crate::nn::flops::resolve(&args.model)?;
     config.train.optimizer = crate::config::OptimizerKind::Adamw;
     config.train.precision = args.precision;
     let model = Trained::new(&config, Device::Cpu)?;
@@ -160,7 +160,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
             }
             let med = median(std::mem::take(&mut times));
             // Training does about 3x the forward pass's work; 2 flops per multiply-add.
-            let flops = crate::flops::count_config(&config)?.fvcore_total as f64;
+            let flops = crate::nn::flops::count_config(&config)?.fvcore_total as f64;
             json!({"median_step_s": med, "img_per_s": b as f64 / med,
                    "train_gflop_per_s": 3.0 * flops * 2.0 * b as f64 / med / 1e9})
         }
@@ -185,8 +185,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
             let n = faces.len();
             let mut order: Vec<i64> = (0..n as i64).collect();
             fastrand::Rng::with_seed(0).shuffle(&mut order);
-            let aug = crate::augment::AugmentConfig { crop_padding: 4, hflip: true, ..Default::default() };
-            let rx = crate::augment::epoch_batches(faces, order, args.batch, 48, aug, 0, 1);
+            let aug = crate::train::augment::AugmentConfig { crop_padding: 4, hflip: true, ..Default::default() };
+            let rx = crate::train::augment::epoch_batches(faces, order, args.batch, 48, aug, 0, 1);
             let mut opt = Optimizer::new(&model.vs, &config.train);
             let (mut images, mut started) = (0usize, None);
             for (i, batch) in rx.iter().enumerate().take(args.warmup + args.batches) {
@@ -252,7 +252,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
             json!({"n": n, "median_s": med, "gflop_per_s": 2.0 * (n * n * n) as f64 / med / 1e9})
         }
         "flops" => {
-            let r = crate::flops::count(&config.layers()?)?;
+            let r = crate::nn::flops::count(&config.layers()?)?;
             json!({"fvcore_flops": r.fvcore_total, "params": r.params})
         }
         other => anyhow::bail!("unknown bench mode `{other}` (step, infer, epoch, data, matmul, flops, faces, serve)"),

@@ -3,9 +3,9 @@
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-use crate::augment::AugmentConfig;
-use crate::model::{named, ConvNet, Layer, NAMED};
-use crate::optim::Schedule;
+use crate::train::augment::AugmentConfig;
+use crate::nn::model::{named, ConvNet, Layer, NAMED};
+use crate::train::optim::Schedule;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -246,7 +246,7 @@ impl Config {
         let side = self.train.input_size;
         anyhow::ensure!((8..=48).contains(&side), "input_size {side} must be between 8 and 48");
         self.train.tta.check_input(side)?;
-        crate::model::shapes_at(&layers, side as i64)?;
+        crate::nn::model::shapes_at(&layers, side as i64)?;
         Ok(layers)
     }
 }

@@ -7,6 +7,8 @@ use tch::{Device, Kind, Tensor};
 
 use crate::config::Tta;
 use crate::data::{normalize, Faces, CLASSES, NUM_CLASSES, SIDE};
+use crate::nn::model::Trained;
+use crate::record::TtaScore;
 
 /// Crop offsets (y, x) and mirroring of each test-time view of a 48x48 face.
 fn views(side: i64, tta: Tta) -> Vec<(i64, i64, bool)> {
@@ -210,6 +212,49 @@ impl Evaluation {
             self.loss
         )
     }
+}
+
+/// Scoring a trained model: single pass, with test-time augmentation, and both test splits.
+impl Trained {
+    /// Single-pass class scores (the centre crop when the input is smaller than 48).
+    pub fn logits(&self, faces: &Faces) -> Tensor {
+        self.logits_with(faces, Tta::None)
+    }
+
+    pub fn logits_with(&self, faces: &Faces, tta: Tta) -> Tensor {
+        let t = &self.config.train;
+        logits(&self.net, faces, t.eval_batch_size, self.vs.device(), t.input_size, tta, t.eval_blur)
+    }
+
+    pub fn evaluate(&self, faces: &Faces) -> Evaluation {
+        evaluate_faces(&self.logits(faces), faces)
+    }
+
+    pub fn evaluate_with(&self, faces: &Faces, tta: Tta) -> Evaluation {
+        evaluate_faces(&self.logits_with(faces, tta), faces)
+    }
+
+    /// Both test splits scored with `tta`, reported apart from the single pass: each view is
+    /// one more forward pass.
+    pub fn tta_score(&self, val_faces: &Faces, test_faces: &Faces, tta: Tta) -> anyhow::Result<TtaScore> {
+        let test = self.evaluate_with(test_faces, tta);
+        let flops = self.flops_with(tta)?;
+        Ok(TtaScore {
+            kind: tta,
+            views: tta.views(),
+            val_acc: self.evaluate_with(val_faces, tta).accuracy,
+            test_acc: test.accuracy,
+            test_acc_unseen: test.unseen.map(|u| u.accuracy),
+            fvcore_flops: flops,
+            efficiency: crate::nn::flops::efficiency(100.0 * test.accuracy, flops),
+        })
+    }
+}
+
+/// Several models scored as one (each with `tta`), [`combine`]d.
+pub fn ensemble_logits(models: &[Trained], faces: &Faces, tta: Tta) -> Tensor {
+    let scores: Vec<Tensor> = models.iter().map(|m| m.logits_with(faces, tta)).collect();
+    combine(&scores)
 }
 
 #[cfg(test)]

@@ -1,26 +1,23 @@
 //! `fer`: facial-expression recognition on FER-2013, end to end.
 //!
-//! `data` reads and caches the data set, `model` builds networks from layer lists, `train`
-//! runs the training loop, `eval` scores models, `flops` counts their cost as fvcore does,
-//! `plot` draws figures, `stats` analyses the data set and `predict` labels faces, `export` ships a
-//! trained run as a model folder with its card, `onnx` writes it as an ONNX graph checked in tract.
+//! Data flows one way: `config` and `data` at the bottom, `record` (run records) above them and
+//! below everything else, `nn` (networks, their FLOPs, folding, export and ONNX), `train` (the
+//! loop, losses, optimizers, augmentation), `eval` (trained models loaded and scored), then what
+//! uses them: `stats`, `plot`, `ablate` and `report` for the competition, and the face pipeline
+//! (`face`, `media`) behind `predict` and `serve`.
 
 pub mod ablate;
-pub mod augment;
 pub mod bench;
 pub mod config;
 pub mod data;
 pub mod eval;
-pub mod export;
 pub mod face;
-pub mod flops;
-pub mod loss;
 pub mod media;
-pub mod model;
-pub mod onnx;
-pub mod optim;
+pub mod nn;
 pub mod plot;
 pub mod predict;
+pub mod progress;
+pub mod record;
 pub mod report;
 pub mod serve;
 pub mod stats;

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 
 use fer::config::Config;
 use fer::data::Split;
-use fer::train::{train, TrainOptions, Trained};
+use fer::nn::model::Trained;
+use fer::train::{train, TrainOptions};
 
 #[derive(Parser)]
 #[command(name = "fer", version, about = "Facial-expression recognition on FER-2013: data, training, evaluation, FLOPs")]
@@ -365,7 +366,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let split = Split::parse(&split).ok_or_else(|| anyhow::anyhow!("unknown split `{split}`"))?;
             let data = fer::data::load(&cli.data)?;
             let detector = fer::face::detect::FaceDetector::new(Default::default())?;
-            let bar = fer::train::progress(faces, "calibrating", false);
+            let bar = fer::progress::bar(faces, "calibrating", false);
             let framing = fer::face::frame::calibrate(&data, split, faces, &detector, &bar)?;
             bar.finish_and_clear();
             fer::data::write_atomic(&out, (serde_json::to_string_pretty(&framing)? + "\n").as_bytes())?;
@@ -392,7 +393,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let cfg = Config::load(&config)?;
             let data = fer::data::load(&cli.data)?;
             let train = data.split(Split::Training);
-            fer::augment::preview(&train, &cfg.augment, cfg.train.input_size, rows, per_face, seed, &out)?;
+            fer::train::augment::preview(&train, &cfg.augment, cfg.train.input_size, rows, per_face, seed, &out)?;
             println!("wrote {}", out.display());
         }
         Command::Data { command: DataCommand::ExportCsv { out } } => {
@@ -413,7 +414,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let data = fer::data::load(&cli.data)?;
             let faces = data.split(split);
-            let eval = fer::eval::evaluate_faces(&fer::train::ensemble_logits(&models, &faces, tta), &faces);
+            let eval = fer::eval::evaluate_faces(&fer::eval::ensemble_logits(&models, &faces, tta), &faces);
             if tta != fer::config::Tta::None || models.len() > 1 {
                 // What the extra views and models cost: each is one more forward pass.
                 let flops = models.iter().map(|m| m.flops_with(tta)).sum::<anyhow::Result<i64>>()?;
@@ -425,7 +426,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let note = format!(
                     "{what}: {} forward passes, {flops} fvcore FLOPs a face, efficiency {:.1} %/GFLOP",
                     models.len() * tta.views(),
-                    fer::flops::efficiency(100.0 * eval.accuracy, flops)
+                    fer::nn::flops::efficiency(100.0 * eval.accuracy, flops)
                 );
                 if json { eprintln!("{note}") } else { println!("{note}") }
             }
@@ -449,7 +450,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 return print_onnx_check(&run, data.as_ref());
             }
             let out = out.unwrap_or_else(|| PathBuf::from("models").join(run.file_name().unwrap_or_default()));
-            let card = fer::export::export(&run, &out, data.as_ref())?;
+            let card = fer::nn::export::export(&run, &out, data.as_ref())?;
             println!(
                 "{}: {} fvcore FLOPs after folding ({} before), PublicTest {:.2}%, PrivateTest {:.2}%, efficiency {:.1}; card in {}/card.md",
                 card.name,
@@ -496,7 +497,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("== PrivateTest evaluation of the best-on-PublicTest checkpoint");
             println!("{}", std::fs::read_to_string(dir.join("test_eval.txt"))?);
             println!("== FLOPs");
-            fer::flops::print(&dir.to_string_lossy(), false)?;
+            fer::nn::flops::print(&dir.to_string_lossy(), false)?;
             let trained = Trained::load(&dir, tch::Device::Cpu)?;
             fer::predict::random_grid(&trained, &data, Split::PrivateTest, 32, 0, &dir.join("predictions.png"))?;
             println!(
@@ -511,7 +512,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let args = fer::bench::BenchArgs { mode, model, batch, steps, warmup, batches, data: cli.data.clone(), precision };
             println!("{}", fer::bench::run(&args)?);
         }
-        Command::Flops { model, json } => fer::flops::print(&model, json)?,
+        Command::Flops { model, json } => fer::nn::flops::print(&model, json)?,
     }
     Ok(())
 }
@@ -519,7 +520,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 /// `fer export --onnx`: writes and checks `dir/model.onnx`, and says how it went.
 fn print_onnx_check(dir: &std::path::Path, data: Option<&fer::data::Dataset>) -> anyhow::Result<()> {
     eprintln!("{}: writing model.onnx and running it in tract beside libtorch ...", dir.display());
-    let check = fer::export::export_onnx(dir, data)?;
+    let check = fer::nn::export::export_onnx(dir, data)?;
     let a = &check.agreement;
     print!(
         "{}: tract runs it on {} {} faces within {:.1e} of libtorch's probabilities, the same label on {} of them",

@@ -8,7 +8,7 @@ use std::sync::Once;
 
 use crate::data::{CLASSES, NUM_CLASSES, SIDE};
 use crate::eval::Evaluation;
-use crate::train::EpochMetrics;
+use crate::record::EpochMetrics;
 
 const FONT: &str = "sans-serif";
 

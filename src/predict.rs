@@ -13,7 +13,7 @@ use crate::data::{Dataset, Faces, Split, CLASSES, NUM_CLASSES, PIXELS};
 use crate::face::{argmax, Analysis, FaceResult, Pipeline};
 use crate::media::{self, Sampling};
 use crate::plot::{face_grid, Tile};
-use crate::train::Trained;
+use crate::nn::model::Trained;
 
 /// The model used when none is given: the shipped tiny model, else the baseline run.
 pub fn default_model() -> anyhow::Result<PathBuf> {
@@ -192,7 +192,7 @@ pub fn run(pipeline: &Pipeline, inputs: &[PathBuf], opts: &PredictOptions) -> an
         std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
     }
     let items = expand(inputs);
-    let bar = crate::train::progress(items.len(), "predict", opts.quiet || items.len() < 2);
+    let bar = crate::progress::bar(items.len(), "predict", opts.quiet || items.len() < 2);
     let mut sink = Sink { format: opts.format, header_written: false };
     let mut tally = Tally::default();
     let started = Instant::now();

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 use crate::data::{CLASSES, NUM_CLASSES};
 use crate::eval::Evaluation;
-use crate::export::Card;
-use crate::train::Summary;
+use crate::nn::export::Card;
+use crate::record::{EpochMetrics, Summary, TtaScore};
 
 pub struct ReportInputs {
     /// The baseline's run record.
@@ -46,7 +46,7 @@ struct Run {
     summary: Summary,
     test: Option<Evaluation>,
     config: String,
-    metrics: Vec<crate::train::EpochMetrics>,
+    metrics: Vec<EpochMetrics>,
 }
 
 fn load_run(dir: &Path) -> anyhow::Result<Run> {
@@ -162,7 +162,7 @@ fn pareto_plot(path: &Path, runs: &[&Run], shipped: &[Card]) -> anyhow::Result<(
 }
 
 /// A model scored with test-time augmentation: a row of its own, with the FLOPs of every view.
-fn tta_row(md: &mut String, name: &str, params: i64, t: &crate::train::TtaScore) -> std::fmt::Result {
+fn tta_row(md: &mut String, name: &str, params: i64, t: &TtaScore) -> std::fmt::Result {
     writeln!(
         md,
         "| {name} + {} TTA ({} views) | {} | {} | {} | {params} | {:.2} / {:.5} = **{:.1}** |",
@@ -491,7 +491,7 @@ fn render(inputs: &ReportInputs, records: &Records, base: &Path) -> anyhow::Resu
         }
     }
     let cut = b.fvcore_flops as f64 / best.summary.fvcore_flops as f64;
-    let baseline_flops = crate::flops::count_config(&crate::config::Config::parse(&baseline.config)?)?;
+    let baseline_flops = crate::nn::flops::count_config(&crate::config::Config::parse(&baseline.config)?)?;
     let sum_of = |prefix: &str| -> i64 { baseline_flops.layers.iter().filter(|l| l.kind.starts_with(prefix)).map(|l| l.fvcore).sum() };
     let (head_flops, conv_flops) = (sum_of("linear"), sum_of("conv"));
     writeln!(

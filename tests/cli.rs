@@ -41,7 +41,7 @@ fn flops_json_has_fvcores_totals() {
     let dir = tempfile::tempdir().unwrap();
     let v: serde_json::Value = serde_json::from_str(&stdout(&fer(dir.path(), &["flops", "vgg", "--json"]))).unwrap();
     assert_eq!(v["fvcore_total"], 118_593_280);
-    assert_eq!(v["layers"].as_array().unwrap().len(), fer::model::vgg().len());
+    assert_eq!(v["layers"].as_array().unwrap().len(), fer::nn::model::vgg().len());
     let table = stdout(&fer(dir.path(), &["flops", "baseline"]));
     assert!(table.contains("327505392 FLOPs as fvcore counts them"), "{table}");
 }
@@ -79,7 +79,7 @@ fn stats_export_train_eval_predict_end_to_end() {
     let o = fer(d, &["--data", csv, "eval", "--model", "runs/tiny", "--split", "test", "--tta", "flip", "--json"]);
     let flipped: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(flipped["samples"], 70);
-    let flops = fer::flops::count_config(&tiny_config("tiny", 3)).unwrap().fvcore_total;
+    let flops = fer::nn::flops::count_config(&tiny_config("tiny", 3)).unwrap().fvcore_total;
     let note = String::from_utf8_lossy(&o.stderr);
     assert!(note.contains(&format!("2 forward passes, {} fvcore FLOPs a face", 2 * flops)), "{note}");
     // An ensemble of a model with itself is that model, at twice its FLOPs.
@@ -94,7 +94,7 @@ fn stats_export_train_eval_predict_end_to_end() {
     // `fer export --onnx`: a run becomes a model folder with a checked model.onnx.
     let out = stdout(&fer(d, &["--data", csv, "export", "runs/tiny", "--out", "shipped", "--onnx"]));
     assert!(out.contains("shipped/model.onnx: tract runs it on 70 PublicTest faces") && out.contains("the same label on 70 of them"), "{out}");
-    let card: fer::export::Card = serde_json::from_slice(&std::fs::read(d.join("shipped/card.json")).unwrap()).unwrap();
+    let card: fer::nn::export::Card = serde_json::from_slice(&std::fs::read(d.join("shipped/card.json")).unwrap()).unwrap();
     assert_eq!(card.onnx.unwrap().val_acc, Some(card.val_acc), "PublicTest through tract is the card's");
     let flip = card.flip_tta.expect("export scores flip TTA where the data is");
     assert_eq!((flip.views, flip.fvcore_flops), (2, 2 * card.fvcore_flops));

@@ -4,9 +4,10 @@ mod common;
 use common::{opts, real_data, synthetic, tiny_config};
 use fer::config::{Config, Teacher};
 use fer::data::Split;
-use fer::export::{export, fold, Card};
-use fer::model::Layer;
-use fer::train::{train, Trained};
+use fer::nn::export::{export, fold, Card};
+use fer::nn::model::Layer;
+use fer::nn::model::Trained;
+use fer::train::train;
 use std::path::Path;
 use tch::{Kind, Tensor};
 
@@ -61,7 +62,7 @@ fn folding_batch_norm_keeps_the_outputs_and_drops_its_flops() {
         let diff = (&before - &after).abs().max().double_value(&[]);
         let scale = before.abs().max().double_value(&[]);
         assert!(diff <= 1e-4 * scale.max(1.0), "{toml}: folded outputs differ by {diff} (scale {scale})");
-        let flops = |c: &Config| fer::flops::count_config(c).unwrap().fvcore_total;
+        let flops = |c: &Config| fer::nn::flops::count_config(c).unwrap().fvcore_total;
         assert!(flops(&folded.config) < flops(&model.config), "{toml}: folding removes the batch-norm FLOPs");
         if !toml.contains("flatten") {
             assert!(!has_batch_norm(&layers), "{toml}: every batch norm follows a conv, so none is left");
@@ -166,7 +167,7 @@ fn shipped_models_reproduce_their_cards() {
             100.0 * acc,
             100.0 * card.test_acc
         );
-        let flops = fer::flops::count_config(&model.config).unwrap().fvcore_total;
+        let flops = fer::nn::flops::count_config(&model.config).unwrap().fvcore_total;
         assert_eq!(flops, card.fvcore_flops, "{name}: the card's FLOPs are the folded model's");
         // Its flip test-time augmentation, scored at export from the folded model itself.
         let flip = card.flip_tta.as_ref().unwrap_or_else(|| panic!("{name}: no flip TTA on the card: re-export it with the data"));
@@ -196,7 +197,7 @@ fn check_faces() -> fer::data::Faces {
 /// tract's logits and probabilities for `faces`, run `batch` faces at a time through one loaded
 /// model.
 fn tract_outputs(onnx: &[u8], faces: &fer::data::Faces, batch: usize) -> (Vec<f32>, Vec<f32>) {
-    let model = fer::onnx::TractModel::load(onnx).unwrap();
+    let model = fer::nn::onnx::TractModel::load(onnx).unwrap();
     let (mut logits, mut probs) = (Vec::new(), Vec::new());
     for chunk in faces.pixels.chunks(batch * 48 * 48) {
         let (l, p) = model.run(chunk).unwrap();
@@ -254,7 +255,7 @@ fn onnx_export_runs_in_tract_as_in_libtorch_for_every_layer_kind() {
         let model = with_random_batch_norms(toml);
         let folded = fold(&model).unwrap();
         for (what, m) in [("as trained", &model), ("folded", &folded)] {
-            let onnx = fer::onnx::to_onnx(m, &[("note".into(), "kept".into())]).unwrap();
+            let onnx = fer::nn::onnx::to_onnx(m, &[("note".into(), "kept".into())]).unwrap();
             // 37 faces a run, then the 15 left: one loaded model, two batch sizes.
             let d = onnx_disagreement(m, &onnx, &faces, 37);
             // Random weights give near-uniform probabilities, so the logits are checked too.
@@ -270,7 +271,7 @@ fn onnx_export_runs_in_tract_as_in_libtorch_for_every_layer_kind() {
 
     // The conventions a user of the file relies on, read back from the protobuf.
     use prost::Message;
-    let onnx = fer::onnx::to_onnx(&with_random_batch_norms(models[1]), &[("note".into(), "kept".into())]).unwrap();
+    let onnx = fer::nn::onnx::to_onnx(&with_random_batch_norms(models[1]), &[("note".into(), "kept".into())]).unwrap();
     let proto = tract_onnx::pb::ModelProto::decode(&onnx[..]).unwrap();
     let graph = proto.graph.unwrap();
     let names = |v: &[tract_onnx::pb::ValueInfoProto]| v.iter().map(|i| i.name.clone()).collect::<Vec<_>>();

@@ -180,7 +180,7 @@ fn predict_samples_a_video_and_annotates_it() {
 fn calibrated_framing_gives_back_the_faces_the_model_knows() {
     let Some(path) = common::real_data() else { return };
     let data = fer::data::load(&path).unwrap();
-    let model = fer::train::Trained::load(&fer::predict::default_model().unwrap(), tch::Device::Cpu).unwrap();
+    let model = fer::nn::model::Trained::load(&fer::predict::default_model().unwrap(), tch::Device::Cpu).unwrap();
     let mut pipeline = fer::face::Pipeline::new(model, DetectorOptions::default()).unwrap();
     // 300 PublicTest faces, each enlarged 3x with room around it, as a face in a photo would be.
     let picks: Vec<usize> = data.indices(fer::data::Split::PublicTest).into_iter().step_by(12).take(300).collect();
@@ -223,7 +223,7 @@ fn calibrated_framing_gives_back_the_faces_the_model_knows() {
 #[test]
 fn large_photos_are_searched_smaller_and_answered_in_their_own_pixels() {
     let photo = image::open(fixture("solvay-1927.jpg")).unwrap();
-    let model = fer::train::Trained::load(&fer::predict::default_model().unwrap(), tch::Device::Cpu).unwrap();
+    let model = fer::nn::model::Trained::load(&fer::predict::default_model().unwrap(), tch::Device::Cpu).unwrap();
     let pipeline = fer::face::Pipeline::new(model, DetectorOptions::default()).unwrap();
     let small: Vec<(f64, f64)> = pipeline.analyse(&photo, true).faces.iter().map(|f| f.bbox.centre()).collect();
     // Twice the size: 7.6 megapixels, searched at 4.

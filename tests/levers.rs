@@ -1,11 +1,12 @@
 mod common;
 
 use common::synthetic;
-use fer::augment::{make_batch, AugmentConfig};
+use fer::train::augment::{make_batch, AugmentConfig};
 use fer::config::{Config, Teacher, Tta};
 use fer::data::{Split, NUM_CLASSES, PIXELS, SIDE};
-use fer::model::{Attention, ConvNet, Layer};
-use fer::train::{train, TrainOptions, Trained};
+use fer::nn::model::{Attention, ConvNet, Layer};
+use fer::nn::model::Trained;
+use fer::train::{train, TrainOptions};
 
 fn faces() -> fer::data::Faces {
     synthetic([16, 0, 0], 31).split(Split::Training)
@@ -105,7 +106,7 @@ fn blocks_build_with_the_shapes_and_parameters_the_counter_expects() {
         ConvNet { widths: vec![8, 16], residual: true, attention: Attention::Se, reduction: 4, ..Default::default() },
         ConvNet { widths: vec![8, 16], residual: true, attention: Attention::Cbam, reduction: 4, ..Default::default() },
         ConvNet { widths: vec![8, 16], separable: true, batch_norm: true, dropout: 0.2, ..Default::default() },
-        ConvNet { widths: vec![8, 16], batch_norm: false, downsample: fer::model::Downsample::Stride, ..Default::default() },
+        ConvNet { widths: vec![8, 16], batch_norm: false, downsample: fer::nn::model::Downsample::Stride, ..Default::default() },
         ConvNet { widths: vec![8, 16], input_pool: 3, separable: true, ..Default::default() },
     ] {
         let layers = net.layers();
@@ -113,12 +114,12 @@ fn blocks_build_with_the_shapes_and_parameters_the_counter_expects() {
         let x = tch::Tensor::zeros([3, 1, 48, 48], (tch::Kind::Float, tch::Device::Cpu));
         let out = tch::nn::ModuleT::forward_t(&trained.net, &x, false);
         assert_eq!(out.size(), [3, 7]);
-        let counted = fer::flops::count(&layers).unwrap();
-        assert_eq!(counted.params, fer::model::param_count(&trained.vs), "{net:?}");
+        let counted = fer::nn::flops::count(&layers).unwrap();
+        assert_eq!(counted.params, fer::nn::model::param_count(&trained.vs), "{net:?}");
     }
     // A residual block around a stride-2 body gets a projection shortcut with its own weights.
     let trained = Trained::new(
-        &config_with(&ConvNet { widths: vec![8, 16], downsample: fer::model::Downsample::Stride, residual: true, ..Default::default() }.layers()),
+        &config_with(&ConvNet { widths: vec![8, 16], downsample: fer::nn::model::Downsample::Stride, residual: true, ..Default::default() }.layers()),
         tch::Device::Cpu,
     )
     .unwrap();
@@ -260,7 +261,7 @@ fn bf16_mixed_precision_trains_and_evaluates_in_f32() {
 
     // Every block type takes bf16 features: attention, residual projections, separable blocks.
     for attention in [Attention::Se, Attention::Cbam] {
-        let net = ConvNet { widths: vec![8, 16], residual: true, separable: true, attention, reduction: 4, downsample: fer::model::Downsample::Stride, ..Default::default() };
+        let net = ConvNet { widths: vec![8, 16], residual: true, separable: true, attention, reduction: 4, downsample: fer::nn::model::Downsample::Stride, ..Default::default() };
         let mut c = config_with(&net.layers());
         c.train.precision = fer::config::Precision::Bf16;
         let m = Trained::new(&c, tch::Device::Cpu).unwrap();

@@ -42,7 +42,7 @@ fn ablation_then_report_from_run_records() {
     let out_one_off = dir.path().join("results/abl-one-off");
     fer::ablate::run(&one_off, &tiny_config("abl-base", 2), &data, &runs, &out_one_off).unwrap();
     // Its rows with a cumulative twin (the base, smoothing alone, both) are reused, not rerun.
-    let summary = |dir: std::path::PathBuf| -> fer::train::Summary { serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap() };
+    let summary = |dir: std::path::PathBuf| -> fer::record::Summary { serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap() };
     for (cumulative, one_off_row) in [("00-base", "00-base"), ("01-smoothing", "01-smoothing"), ("02-smoothing+flip", "03-smoothing+flip")] {
         let (a, b) = (summary(out.join(cumulative)), summary(out_one_off.join(one_off_row)));
         assert_eq!((a.test_acc, a.val_acc, b.name.as_str()), (b.test_acc, b.val_acc, one_off_row));
@@ -65,7 +65,7 @@ fn ablation_then_report_from_run_records() {
     plain_reseeded.seed = 3;
     let reseeded_summary = train(&plain_reseeded, &data, &opts).unwrap();
     let model_dir = dir.path().join("models/student");
-    fer::export::export(&runs.join("student"), &model_dir, Some(&data)).unwrap();
+    fer::nn::export::export(&runs.join("student"), &model_dir, Some(&data)).unwrap();
 
     let inputs = fer::report::ReportInputs {
         baseline: runs.join("base"),
@@ -100,7 +100,7 @@ fn ablation_then_report_from_run_records() {
     assert!(md.contains(&format!("Seeds: `plain` trained with seeds 3, 7: PublicTest {mean:.2}% ± ")), "{md}");
     assert_eq!(md.matches("Seeds: ").count(), 1, "the student, with its teacher, is another recipe");
     // The distillation's gain is judged against plain's seed spread: 2√2 x the sample std of two.
-    let student_summary: fer::train::Summary = serde_json::from_slice(&std::fs::read(runs.join("student/summary.json")).unwrap()).unwrap();
+    let student_summary: fer::record::Summary = serde_json::from_slice(&std::fs::read(runs.join("student/summary.json")).unwrap()).unwrap();
     let threshold = 2.0 * std::f64::consts::SQRT_2 * 100.0 * (plain.val_acc - reseeded_summary.val_acc).abs() / std::f64::consts::SQRT_2;
     let gain = 100.0 * (student_summary.val_acc - plain.val_acc);
     let line = md.lines().find(|l| l.starts_with("Distillation (`student`")).unwrap();

@@ -2,7 +2,9 @@ mod common;
 
 use common::{csv_text, opts, synthetic, tiny_config};
 use fer::data::Split;
-use fer::train::{train, EpochMetrics, TrainOptions, Trained};
+use fer::nn::model::Trained;
+use fer::record::EpochMetrics;
+use fer::train::{train, TrainOptions};
 use std::path::Path;
 use std::process::Command;
 
@@ -134,7 +136,7 @@ fn config_round_trips_through_toml() {
     assert_eq!(cfg, back);
     let base = fer::config::Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/baseline.toml")).unwrap();
     assert_eq!((base.train.batch_size, base.train.epochs, base.train.lr), (400, 10, 1e-3));
-    assert_eq!(base.layers().unwrap(), fer::model::baseline());
+    assert_eq!(base.layers().unwrap(), fer::nn::model::baseline());
     let bad = fer::config::Config::parse("name = \"x\"\n[model]\nnetwork = \"resnet999\"\n");
     assert!(bad.unwrap_err().to_string().contains("unknown network `resnet999`"));
 }
@@ -165,7 +167,7 @@ fn every_config_builds_and_the_front_keeps_its_budgets() {
             vec![fer::config::Config::load(path).unwrap()]
         };
         for config in configs {
-            let flops = fer::flops::count_config(&config).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let flops = fer::nn::flops::count_config(&config).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             let name = path.file_stem().unwrap().to_string_lossy();
             let budget = if name.starts_with("tiny") { 5e6 } else if name.starts_with("nano") { 1e6 } else { f64::INFINITY };
             assert!((flops.fvcore_total as f64) <= budget, "{}: {} FLOPs", path.display(), flops.fvcore_total);

@@ -10,7 +10,7 @@ use serde::Serialize;
 use std::time::{Duration, Instant};
 
 use crate::data::{Faces, CLASSES, NUM_CLASSES, SIDE};
-use crate::train::Trained;
+use crate::nn::model::Trained;
 use detect::{DetectorOptions, FaceBox, FaceDetector};
 use frame::Framing;
 

@@ -21,7 +21,7 @@ use crate::data::CLASSES;
 use crate::face::detect::{DetectorOptions, FaceBox};
 use crate::face::Pipeline;
 use crate::media::{decode_image, ImageError};
-use crate::train::Trained;
+use crate::nn::model::Trained;
 
 static PAGE: &str = include_str!("index.html");
 

@@ -6,50 +6,23 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
-use tch::nn::{self, ModuleT};
+use tch::nn::ModuleT;
 use tch::{Device, Kind, Tensor};
 
 use crate::config::{Config, Tta};
-use crate::augment::epoch_batches;
-use crate::data::{write_atomic, Dataset, Faces, Split, NUM_CLASSES};
-use crate::loss::Loss;
-use crate::optim::Schedule;
-use std::sync::Arc;
-use crate::eval::{combine, evaluate_faces, logits, Evaluation};
-use crate::model::{param_count, Net};
-use crate::optim::Optimizer;
+use crate::data::{write_atomic, Dataset, Split, NUM_CLASSES};
+use crate::eval::combine;
+use crate::nn::model::{copy_named, param_count, save_atomic, Trained};
+use crate::record::{machine_name, BlurScore, EpochMetrics, Summary};
+use augment::epoch_batches;
+use loss::Loss;
+use optim::{Optimizer, Schedule};
 
-/// One line of `metrics.jsonl`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct EpochMetrics {
-    pub epoch: usize,
-    pub train_loss: f64,
-    pub train_acc: f64,
-    pub val_loss: f64,
-    pub val_acc: f64,
-    pub lr: f64,
-    pub seconds: f64,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct TtaScore {
-    pub kind: Tta,
-    pub views: usize,
-    pub val_acc: f64,
-    pub test_acc: f64,
-    #[serde(default)]
-    pub test_acc_unseen: Option<f64>,
-    pub fvcore_flops: i64,
-    pub efficiency: f64,
-}
-
-/// PublicTest accuracy at one evaluation blur (`eval_blur_choices`).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct BlurScore {
-    pub sigma: f64,
-    pub val_acc: f64,
-}
+pub mod augment;
+pub mod loss;
+pub mod optim;
 
 /// What `last.json` records: enough to resume exactly.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -67,42 +40,6 @@ struct RunState {
     plateau_bad_epochs: usize,
     #[serde(default)]
     stopped_early: bool,
-}
-
-/// The finished run's record, `summary.json`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Summary {
-    pub name: String,
-    pub seed: u64,
-    pub epochs: usize,
-    pub best_epoch: usize,
-    pub val_acc: f64,
-    pub val_loss: f64,
-    /// PrivateTest, measured once, on the checkpoint that was best on PublicTest.
-    pub test_acc: f64,
-    pub test_loss: f64,
-    /// The leak-aware score: PrivateTest accuracy over the faces with no pixel-identical twin
-    /// in Training (same single evaluation, a subset of its faces).
-    #[serde(default)]
-    pub test_acc_unseen: Option<f64>,
-    #[serde(default)]
-    pub test_unseen_faces: Option<usize>,
-    pub params: i64,
-    pub fvcore_flops: i64,
-    /// test accuracy in % per fvcore GFLOP.
-    pub efficiency: f64,
-    /// Test-time augmentation, scored separately: its views cost views x the FLOPs.
-    #[serde(default)]
-    pub tta: Option<TtaScore>,
-    /// The evaluation blur the scores use, and PublicTest at each candidate when it was chosen.
-    #[serde(default)]
-    pub eval_blur: f64,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub blur_sweep: Vec<BlurScore>,
-    pub train_seconds: f64,
-    pub threads: i32,
-    pub device: String,
-    pub machine: String,
 }
 
 pub struct TrainOptions {
@@ -127,93 +64,6 @@ impl Default for TrainOptions {
             quiet: false,
         }
     }
-}
-
-/// A model ready to use: its config, variables and network.
-pub struct Trained {
-    pub config: Config,
-    pub vs: nn::VarStore,
-    pub net: Net,
-}
-
-impl Trained {
-    pub fn new(config: &Config, device: Device) -> anyhow::Result<Trained> {
-        let vs = nn::VarStore::new(device);
-        let mut net = Net::new(&vs.root(), &config.layers()?, config.train.input_size as i64)?;
-        net.bf16_training = config.train.precision == crate::config::Precision::Bf16;
-        Ok(Trained { config: config.clone(), vs, net })
-    }
-
-    /// Loads `config.toml` and the weights (`model.safetensors` or `best.safetensors`) of a
-    /// model folder or a run folder.
-    pub fn load(dir: &Path, device: Device) -> anyhow::Result<Trained> {
-        let config = Config::load(&dir.join("config.toml"))?;
-        let weights = ["model.safetensors", "best.safetensors"]
-            .iter()
-            .map(|f| dir.join(f))
-            .find(|p| p.is_file())
-            .ok_or_else(|| anyhow::anyhow!("{}: no model.safetensors or best.safetensors", dir.display()))?;
-        let mut trained = Trained::new(&config, device)?;
-        trained.vs.load(&weights).map_err(|e| anyhow::anyhow!("{}: {e}", weights.display()))?;
-        Ok(trained)
-    }
-
-    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
-        save_atomic(path, |tmp| Ok(self.vs.save(tmp)?))
-    }
-
-    /// Single-pass class scores (the centre crop when the input is smaller than 48).
-    pub fn logits(&self, faces: &Faces) -> Tensor {
-        self.logits_with(faces, Tta::None)
-    }
-
-    pub fn logits_with(&self, faces: &Faces, tta: Tta) -> Tensor {
-        let t = &self.config.train;
-        logits(&self.net, faces, t.eval_batch_size, self.vs.device(), t.input_size, tta, t.eval_blur)
-    }
-
-    pub fn evaluate(&self, faces: &Faces) -> Evaluation {
-        evaluate_faces(&self.logits(faces), faces)
-    }
-
-    pub fn evaluate_with(&self, faces: &Faces, tta: Tta) -> Evaluation {
-        evaluate_faces(&self.logits_with(faces, tta), faces)
-    }
-
-    /// fvcore FLOPs of one face through this model with `tta`: one forward pass per view.
-    pub fn flops_with(&self, tta: Tta) -> anyhow::Result<i64> {
-        Ok(crate::flops::count_config(&self.config)?.fvcore_total * tta.views() as i64)
-    }
-
-    /// Both test splits scored with `tta`, reported apart from the single pass: each view is
-    /// one more forward pass.
-    pub fn tta_score(&self, val_faces: &Faces, test_faces: &Faces, tta: Tta) -> anyhow::Result<TtaScore> {
-        let test = self.evaluate_with(test_faces, tta);
-        let flops = self.flops_with(tta)?;
-        Ok(TtaScore {
-            kind: tta,
-            views: tta.views(),
-            val_acc: self.evaluate_with(val_faces, tta).accuracy,
-            test_acc: test.accuracy,
-            test_acc_unseen: test.unseen.map(|u| u.accuracy),
-            fvcore_flops: flops,
-            efficiency: crate::flops::efficiency(100.0 * test.accuracy, flops),
-        })
-    }
-}
-
-/// Several models scored as one (each with `tta`), [`combine`]d.
-pub fn ensemble_logits(models: &[Trained], faces: &Faces, tta: Tta) -> Tensor {
-    let scores: Vec<Tensor> = models.iter().map(|m| m.logits_with(faces, tta)).collect();
-    combine(&scores)
-}
-
-/// Writes to a temporary `.safetensors` beside `path`, then renames it into place.
-fn save_atomic(path: &Path, write: impl FnOnce(&Path) -> anyhow::Result<()>) -> anyhow::Result<()> {
-    let tmp = path.with_extension("partial.safetensors");
-    write(&tmp)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
 }
 
 /// A per-epoch seed, so a resumed epoch shuffles exactly as an uninterrupted one would.
@@ -288,7 +138,7 @@ pub fn train(config: &Config, data: &Dataset, opts: &TrainOptions) -> anyhow::Re
         fastrand::Rng::with_seed(epoch_seed(config.seed, epoch)).shuffle(&mut order);
         let batches_rx = epoch_batches(train_faces.clone(), order, batch, side, config.augment.clone(), config.seed, epoch);
 
-        let bar = progress(batches, &format!("epoch {epoch}/{}", config.train.epochs), opts.quiet);
+        let bar = crate::progress::bar(batches, &format!("epoch {epoch}/{}", config.train.epochs), opts.quiet);
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0i64, 0usize);
         for (b, batch_data) in batches_rx.iter().enumerate() {
             let len = batch_data.len() as i64;
@@ -420,15 +270,6 @@ fn remove_partial_files(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Sets every variable of `vs` to the tensor named `prefix` + its name.
-pub fn copy_named(vs: &nn::VarStore, tensors: &HashMap<String, Tensor>, prefix: &str) -> anyhow::Result<()> {
-    for (name, mut var) in vs.variables() {
-        let saved = tensors.get(&format!("{prefix}{name}")).ok_or_else(|| anyhow::anyhow!("no value for {name}"))?;
-        tch::no_grad(|| var.copy_(saved));
-    }
-    Ok(())
-}
-
 /// Scores the best checkpoint on PrivateTest once, and writes `summary.json`.
 fn finish(config: &Config, data: &Dataset, dir: &Path, state: &RunState, opts: &TrainOptions) -> anyhow::Result<Summary> {
     let summary_path = dir.join("summary.json");
@@ -459,7 +300,7 @@ fn finish(config: &Config, data: &Dataset, dir: &Path, state: &RunState, opts: &
     let config = &model.config;
     let test_faces = data.split(Split::PrivateTest);
     let test = model.evaluate(&test_faces);
-    let flops = crate::flops::count_config(config)?;
+    let flops = crate::nn::flops::count_config(config)?;
     let tta = config.train.tta;
     let tta = (tta != Tta::None).then(|| model.tta_score(&val_faces, &test_faces, tta)).transpose()?;
     let summary = Summary {
@@ -475,7 +316,7 @@ fn finish(config: &Config, data: &Dataset, dir: &Path, state: &RunState, opts: &
         test_unseen_faces: test.unseen.map(|u| u.faces),
         params: param_count(&model.vs),
         fvcore_flops: flops.fvcore_total,
-        efficiency: crate::flops::efficiency(100.0 * test.accuracy, flops.fvcore_total),
+        efficiency: crate::nn::flops::efficiency(100.0 * test.accuracy, flops.fvcore_total),
         tta,
         eval_blur: config.train.eval_blur,
         blur_sweep,
@@ -513,26 +354,3 @@ fn finish(config: &Config, data: &Dataset, dir: &Path, state: &RunState, opts: &
     Ok(summary)
 }
 
-/// The CPU model, for the record of where a run was timed.
-pub fn machine_name() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
-        .unwrap_or_else(|| "unknown CPU".into());
-    format!("{cpu}, {} cores", std::thread::available_parallelism().map_or(0, |n| n.get()))
-}
-
-/// A progress bar on stderr (hidden when stderr is not a terminal, or when quiet).
-pub fn progress(len: usize, prefix: &str, quiet: bool) -> indicatif::ProgressBar {
-    if quiet {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(len as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} (eta {eta})")
-            .unwrap()
-            .progress_chars("=> "),
-    );
-    bar.set_prefix(prefix.to_string());
-    bar
-}

@@ -15,8 +15,8 @@ use tract_onnx::pb::attribute_proto::AttributeType;
 use tract_onnx::pb::tensor_proto::DataType;
 
 use crate::data::{CLASSES, NUM_CLASSES, SIDE};
-use crate::model::{output_shape, separable, shortcut, Layer, Shape};
-use crate::train::Trained;
+use crate::nn::model::{output_shape, separable, shortcut, Layer, Shape};
+use crate::nn::model::Trained;
 
 /// Operator set 17: the newest before the reductions took their axes as inputs, and run by
 /// every maintained runtime.

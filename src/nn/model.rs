@@ -4,9 +4,11 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::path::Path;
 use tch::nn::{self, ModuleT};
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
+use crate::config::{Config, Precision, Tta};
 use crate::data::{NUM_CLASSES, SIDE};
 
 fn d1() -> i64 {
@@ -811,3 +813,61 @@ impl Folder<'_> {
         Ok(folded)
     }
 }
+
+
+/// A model ready to use: its config, variables and network.
+pub struct Trained {
+    pub config: Config,
+    pub vs: nn::VarStore,
+    pub net: Net,
+}
+
+impl Trained {
+    pub fn new(config: &Config, device: Device) -> anyhow::Result<Trained> {
+        let vs = nn::VarStore::new(device);
+        let mut net = Net::new(&vs.root(), &config.layers()?, config.train.input_size as i64)?;
+        net.bf16_training = config.train.precision == Precision::Bf16;
+        Ok(Trained { config: config.clone(), vs, net })
+    }
+
+    /// Loads `config.toml` and the weights (`model.safetensors` or `best.safetensors`) of a
+    /// model folder or a run folder.
+    pub fn load(dir: &Path, device: Device) -> anyhow::Result<Trained> {
+        let config = Config::load(&dir.join("config.toml"))?;
+        let weights = ["model.safetensors", "best.safetensors"]
+            .iter()
+            .map(|f| dir.join(f))
+            .find(|p| p.is_file())
+            .ok_or_else(|| anyhow::anyhow!("{}: no model.safetensors or best.safetensors", dir.display()))?;
+        let mut trained = Trained::new(&config, device)?;
+        trained.vs.load(&weights).map_err(|e| anyhow::anyhow!("{}: {e}", weights.display()))?;
+        Ok(trained)
+    }
+
+    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+        save_atomic(path, |tmp| Ok(self.vs.save(tmp)?))
+    }
+
+    /// fvcore FLOPs of one face through this model with `tta`: one forward pass per view.
+    pub fn flops_with(&self, tta: Tta) -> anyhow::Result<i64> {
+        Ok(crate::nn::flops::count_config(&self.config)?.fvcore_total * tta.views() as i64)
+    }
+}
+
+/// Sets every variable of `vs` to the tensor named `prefix` + its name.
+pub fn copy_named(vs: &nn::VarStore, tensors: &HashMap<String, Tensor>, prefix: &str) -> anyhow::Result<()> {
+    for (name, mut var) in vs.variables() {
+        let saved = tensors.get(&format!("{prefix}{name}")).ok_or_else(|| anyhow::anyhow!("no value for {name}"))?;
+        tch::no_grad(|| var.copy_(saved));
+    }
+    Ok(())
+}
+
+/// Writes to a temporary `.safetensors` beside `path`, then renames it into place.
+pub fn save_atomic(path: &Path, write: impl FnOnce(&Path) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    let tmp = path.with_extension("partial.safetensors");
+    write(&tmp)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::model::{Layer, Shape};
+use crate::nn::model::{Layer, Shape};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct LayerFlops {
@@ -55,10 +55,10 @@ fn layer_flops(layer: &Layer, input: Shape, output: Shape) -> (i64, i64, i64) {
         Layer::Relu | Layer::LeakyRelu { .. } | Layer::Silu | Layer::Gelu => (0, out, 0),
         Layer::MaxPool { kernel, .. } | Layer::AvgPool { kernel, .. } => (0, out * kernel * kernel, 0),
         Layer::Flatten | Layer::Dropout { .. } => (0, 0, 0),
-        Layer::Separable { out: cout, kernel, stride } => sequence(&crate::model::separable(c, cout, kernel, stride), input),
+        Layer::Separable { out: cout, kernel, stride } => sequence(&crate::nn::model::separable(c, cout, kernel, stride), input),
         Layer::Residual { ref body } => {
             let mut total = sequence(body, input);
-            if let Some(proj) = crate::model::shortcut(body, input, output) {
+            if let Some(proj) = crate::nn::model::shortcut(body, input, output) {
                 let p = sequence(&proj, input);
                 total = (total.0 + p.0, total.1 + p.1, total.2 + p.2);
             }
@@ -90,7 +90,7 @@ fn layer_flops(layer: &Layer, input: Shape, output: Shape) -> (i64, i64, i64) {
 fn sequence(layers: &[Layer], mut input: Shape) -> (i64, i64, i64) {
     let mut total = (0, 0, 0);
     for layer in layers {
-        let output = crate::model::output_shape(layer, input).expect("shapes were checked");
+        let output = crate::nn::model::output_shape(layer, input).expect("shapes were checked");
         let f = layer_flops(layer, input, output);
         total = (total.0 + f.0, total.1 + f.1, total.2 + f.2);
         input = output;
@@ -104,7 +104,7 @@ pub fn count(layers: &[Layer]) -> anyhow::Result<FlopReport> {
 
 /// As [`count`], for a `side` x `side` input.
 pub fn count_at(layers: &[Layer], side: i64) -> anyhow::Result<FlopReport> {
-    let shapes = crate::model::shapes_at(layers, side)?;
+    let shapes = crate::nn::model::shapes_at(layers, side)?;
     let mut rows = Vec::with_capacity(layers.len());
     for (index, (layer, (input, output))) in layers.iter().zip(shapes).enumerate() {
         let (fvcore, all_ops, params) = layer_flops(layer, input, output);
@@ -172,7 +172,7 @@ pub fn resolve(model: &str) -> anyhow::Result<(crate::config::Config, Option<std
 pub fn print(model: &str, json: bool) -> anyhow::Result<()> {
     let (config, dir) = resolve(model)?;
     let report = count_config(&config)?;
-    let summary: Option<crate::train::Summary> = dir
+    let summary: Option<crate::record::Summary> = dir
         .and_then(|d| std::fs::read(d.join("summary.json")).ok())
         .and_then(|b| serde_json::from_slice(&b).ok());
     if json {
@@ -221,7 +221,7 @@ pub fn print(model: &str, json: bool) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::named;
+    use crate::nn::model::named;
 
     #[test]
     fn named_networks_match_fvcore_exactly() {
@@ -253,10 +253,10 @@ mod tests {
 
     #[test]
     fn residual_block_counts_its_body_and_projection() {
-        use crate::model::Shape;
+        use crate::nn::model::Shape;
         let body = vec![Layer::conv_nb(32, 3, 2, 1), Layer::BatchNorm, Layer::Relu, Layer::conv_nb(32, 3, 1, 1), Layer::BatchNorm];
         let layers = net(vec![Layer::Residual { body }]);
-        let shapes = crate::model::shapes(&layers).unwrap();
+        let shapes = crate::nn::model::shapes(&layers).unwrap();
         assert_eq!(shapes[1].1, Shape::Map { c: 32, h: 24, w: 24 });
         let r = count(&layers).unwrap();
         // conv 16->32 s2 at 24x24, BN, conv 32->32, BN, projection 1x1 16->32 s2 + BN.

@@ -1,0 +1,8 @@
+//! Networks and what is done to them once trained: `model` builds them from layer lists, `flops`
+//! counts their cost as fvcore does, `export` folds batch norm and ships a run as a model folder
+//! with its card, `onnx` writes the folded network as an ONNX graph checked in tract.
+
+pub mod export;
+pub mod flops;
+pub mod model;
+pub mod onnx;

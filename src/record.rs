@@ -1,0 +1,83 @@
+//! The records of a run, shared by every layer above the data: one line of `metrics.jsonl` per
+//! epoch, and `summary.json` when it finishes (read by the report, the plots, export and the FLOP
+//! table).
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Tta;
+
+/// One line of `metrics.jsonl`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub train_acc: f64,
+    pub val_loss: f64,
+    pub val_acc: f64,
+    pub lr: f64,
+    pub seconds: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TtaScore {
+    pub kind: Tta,
+    pub views: usize,
+    pub val_acc: f64,
+    pub test_acc: f64,
+    #[serde(default)]
+    pub test_acc_unseen: Option<f64>,
+    pub fvcore_flops: i64,
+    pub efficiency: f64,
+}
+
+/// PublicTest accuracy at one evaluation blur (`eval_blur_choices`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BlurScore {
+    pub sigma: f64,
+    pub val_acc: f64,
+}
+
+/// The finished run's record, `summary.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Summary {
+    pub name: String,
+    pub seed: u64,
+    pub epochs: usize,
+    pub best_epoch: usize,
+    pub val_acc: f64,
+    pub val_loss: f64,
+    /// PrivateTest, measured once, on the checkpoint that was best on PublicTest.
+    pub test_acc: f64,
+    pub test_loss: f64,
+    /// The leak-aware score: PrivateTest accuracy over the faces with no pixel-identical twin
+    /// in Training (same single evaluation, a subset of its faces).
+    #[serde(default)]
+    pub test_acc_unseen: Option<f64>,
+    #[serde(default)]
+    pub test_unseen_faces: Option<usize>,
+    pub params: i64,
+    pub fvcore_flops: i64,
+    /// test accuracy in % per fvcore GFLOP.
+    pub efficiency: f64,
+    /// Test-time augmentation, scored separately: its views cost views x the FLOPs.
+    #[serde(default)]
+    pub tta: Option<TtaScore>,
+    /// The evaluation blur the scores use, and PublicTest at each candidate when it was chosen.
+    #[serde(default)]
+    pub eval_blur: f64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blur_sweep: Vec<BlurScore>,
+    pub train_seconds: f64,
+    pub threads: i32,
+    pub device: String,
+    pub machine: String,
+}
+
+/// The CPU model, for the record of where a run was timed.
+pub fn machine_name() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!("{cpu}, {} cores", std::thread::available_parallelism().map_or(0, |n| n.get()))
+}
