@@ -1,6 +1,7 @@
 //! Networks as plain sequences of layers: written in config files, built into `tch` modules,
 //! and walked by the FLOP counter. Variables are named like PyTorch's `nn.Sequential`
-//! (`0.weight`, `0.bias`, ...), with PyTorch's default initialisation.
+//! (`0.weight`, `0.bias`, ...), with PyTorch's default initialisation. A `Trained` model is a
+//! network with its config and weights, loaded from a run or model folder.
 
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -814,8 +815,7 @@ impl Folder<'_> {
     }
 }
 
-
-/// A model ready to use: its config, variables and network.
+/// A model ready to use: its config, variables and network (scored by `eval`'s methods on it).
 pub struct Trained {
     pub config: Config,
     pub vs: nn::VarStore,
