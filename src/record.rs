@@ -18,6 +18,8 @@ pub struct EpochMetrics {
     pub seconds: f64,
 }
 
+/// Both test splits scored with test-time augmentation, reported apart from the single pass:
+/// its FLOPs count every view.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TtaScore {
     pub kind: Tta,
