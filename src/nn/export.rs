@@ -91,7 +91,7 @@ pub fn export(run: &Path, out: &Path, data: Option<&Dataset>) -> anyhow::Result<
     )?;
     let model = Trained::load(run, tch::Device::Cpu)?;
     let folded = fold(&model)?;
-    let flops = crate::nn::flops::count_config(&folded.config)?;
+    let flops = super::flops::count_config(&folded.config)?;
     let val_faces = data.map(|d| d.split(Split::PublicTest));
     let folded_val_acc = val_faces.as_ref().map(|faces| folded.evaluate(faces).accuracy);
     if let (Some(acc), Some(faces)) = (folded_val_acc, &val_faces) {
@@ -123,7 +123,7 @@ pub fn export(run: &Path, out: &Path, data: Option<&Dataset>) -> anyhow::Result<
         test_acc: summary.test_acc,
         test_acc_unseen: summary.test_acc_unseen,
         test_unseen_faces: summary.test_unseen_faces,
-        efficiency: crate::nn::flops::efficiency(100.0 * summary.test_acc, flops.fvcore_total),
+        efficiency: super::flops::efficiency(100.0 * summary.test_acc, flops.fvcore_total),
         folded_val_acc,
         seed: summary.seed,
         epochs: summary.epochs,
@@ -170,7 +170,7 @@ pub fn export_onnx(dir: &Path, data: Option<&Dataset>) -> anyhow::Result<OnnxChe
     if let Some(unseen) = card.test_acc_unseen {
         metadata.push(("privatetest_leak_aware_accuracy_percent".to_string(), pct(unseen)));
     }
-    let onnx = crate::nn::onnx::to_onnx(&model, &metadata)?;
+    let onnx = super::onnx::to_onnx(&model, &metadata)?;
     let (faces, faces_from) = match data {
         Some(d) => (d.split(Split::PublicTest), "PublicTest"),
         None => {
@@ -180,7 +180,7 @@ pub fn export_onnx(dir: &Path, data: Option<&Dataset>) -> anyhow::Result<OnnxChe
             (crate::data::Faces { pixels, labels: vec![0; n], twin_in_training: Vec::new() }, "synthetic")
         }
     };
-    let (agreement, tract_logits) = crate::nn::onnx::check(&onnx, &model, &faces)?;
+    let (agreement, tract_logits) = super::onnx::check(&onnx, &model, &faces)?;
     anyhow::ensure!(
         agreement.max_probability_diff < 1e-4 && agreement.same_label == agreement.faces,
         "the ONNX graph disagrees with libtorch: probabilities differ by up to {:.2e}, labels on {} of {} faces",
@@ -190,7 +190,7 @@ pub fn export_onnx(dir: &Path, data: Option<&Dataset>) -> anyhow::Result<OnnxChe
     );
     let val_acc = data.map(|_| crate::eval::evaluate(&tract_logits, &faces.labels).accuracy);
     write_atomic(&dir.join("model.onnx"), &onnx)?;
-    let check = OnnxCheck { opset: crate::nn::onnx::OPSET, faces_from: faces_from.into(), agreement, val_acc };
+    let check = OnnxCheck { opset: super::onnx::OPSET, faces_from: faces_from.into(), agreement, val_acc };
     card.onnx = Some(check.clone());
     let train_config = Config::load(&dir.join("train.toml"))?;
     write_atomic(&card_file, &serde_json::to_vec_pretty(&card)?)?;
@@ -257,7 +257,7 @@ pub fn card_markdown(card: &Card, train_config: &Config) -> String {
     md += "## Use\n\n```sh\n./fer predict face.png                      # the tiny model is the default\n";
     md += &format!("./fer eval --model models/{} --split PrivateTest\n```\n\n", card.name);
     if card.onnx.is_some() {
-        md += &format!("From Python with onnxruntime: input `pixels`, float32 `[N, 1, 48, 48]` grayscale in 0..255 (the scaling is inside the graph); outputs `logits` and `probabilities`, `[N, 7]`, classes in the order of the metadata's `classes`.\n\n```python\n{}```\n\n", crate::nn::onnx::python_example(&format!("models/{}/model.onnx", card.name)));
+        md += &format!("From Python with onnxruntime: input `pixels`, float32 `[N, 1, 48, 48]` grayscale in 0..255 (the scaling is inside the graph); outputs `logits` and `probabilities`, `[N, 7]`, classes in the order of the metadata's `classes`.\n\n```python\n{}```\n\n", super::onnx::python_example(&format!("models/{}/model.onnx", card.name)));
     }
     md += &format!("## Reproduce\n\n```sh\n{}\n```\n\n", card.reproduce);
     md += &format!("## Training config (`train.toml`)\n\n```toml\n{}```\n\n", train_config.to_toml());

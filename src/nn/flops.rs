@@ -55,10 +55,10 @@ fn layer_flops(layer: &Layer, input: Shape, output: Shape) -> (i64, i64, i64) {
         Layer::Relu | Layer::LeakyRelu { .. } | Layer::Silu | Layer::Gelu => (0, out, 0),
         Layer::MaxPool { kernel, .. } | Layer::AvgPool { kernel, .. } => (0, out * kernel * kernel, 0),
         Layer::Flatten | Layer::Dropout { .. } => (0, 0, 0),
-        Layer::Separable { out: cout, kernel, stride } => sequence(&crate::nn::model::separable(c, cout, kernel, stride), input),
+        Layer::Separable { out: cout, kernel, stride } => sequence(&super::model::separable(c, cout, kernel, stride), input),
         Layer::Residual { ref body } => {
             let mut total = sequence(body, input);
-            if let Some(proj) = crate::nn::model::shortcut(body, input, output) {
+            if let Some(proj) = super::model::shortcut(body, input, output) {
                 let p = sequence(&proj, input);
                 total = (total.0 + p.0, total.1 + p.1, total.2 + p.2);
             }
@@ -90,7 +90,7 @@ fn layer_flops(layer: &Layer, input: Shape, output: Shape) -> (i64, i64, i64) {
 fn sequence(layers: &[Layer], mut input: Shape) -> (i64, i64, i64) {
     let mut total = (0, 0, 0);
     for layer in layers {
-        let output = crate::nn::model::output_shape(layer, input).expect("shapes were checked");
+        let output = super::model::output_shape(layer, input).expect("shapes were checked");
         let f = layer_flops(layer, input, output);
         total = (total.0 + f.0, total.1 + f.1, total.2 + f.2);
         input = output;
@@ -104,7 +104,7 @@ pub fn count(layers: &[Layer]) -> anyhow::Result<FlopReport> {
 
 /// As [`count`], for a `side` x `side` input.
 pub fn count_at(layers: &[Layer], side: i64) -> anyhow::Result<FlopReport> {
-    let shapes = crate::nn::model::shapes_at(layers, side)?;
+    let shapes = super::model::shapes_at(layers, side)?;
     let mut rows = Vec::with_capacity(layers.len());
     for (index, (layer, (input, output))) in layers.iter().zip(shapes).enumerate() {
         let (fvcore, all_ops, params) = layer_flops(layer, input, output);
