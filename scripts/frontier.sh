@@ -8,8 +8,8 @@
 # PublicTest to models/ (BN folded, with model.onnx checked in tract; each card also scores flip
 # test-time augmentation apart). Interrupted runs resume; finished ones are skipped. Records go
 # to results/frontier/.
-# About 12.5 hours on 2 CPU cores (the 120-epoch tiny runs take 82 minutes each, accurate-long
-# 103, accurate-distilled 197);
+# About 10.5 hours on 2 CPU cores (estimated from the records, with teachers now in bf16: the
+# 120-epoch tiny runs about 65 minutes each, accurate-long 103, accurate-distilled 150);
 # run it in the background:
 #   nohup scripts/frontier.sh > runs/frontier.log 2>&1 &
 # FER=path/to/a/copy/of/the/binary makes it use that binary throughout, so that rebuilding fer

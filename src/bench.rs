@@ -143,7 +143,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
     let (mut config, _) = crate::nn::flops::resolve(&args.model)?;
     config.train.optimizer = crate::config::OptimizerKind::Adamw;
     config.train.precision = args.precision;
-    let model = Trained::new(&config, Device::Cpu)?;
+    let mut model = Trained::new(&config, Device::Cpu)?;
+    model.net.bf16_inference = args.precision == crate::config::Precision::Bf16;
     let b = args.batch as i64;
     let x = Tensor::rand([b, 1, 48, 48], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
     let y = Tensor::randint(7, [b], (Kind::Int64, Device::Cpu));

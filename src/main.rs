@@ -227,7 +227,7 @@ enum Command {
         /// `epoch`: batches timed after warm-up.
         #[arg(long, default_value_t = 40)]
         batches: usize,
-        /// Training arithmetic (step, epoch): f32, or bf16 mixed precision.
+        /// Arithmetic: f32, or bf16 (step, epoch: mixed-precision training; infer: the forward pass).
         #[arg(long, value_enum, default_value = "f32")]
         precision: fer::config::Precision,
     },

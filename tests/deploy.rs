@@ -62,6 +62,13 @@ fn folding_batch_norm_keeps_the_outputs_and_drops_its_flops() {
         let diff = (&before - &after).abs().max().double_value(&[]);
         let scale = before.abs().max().double_value(&[]);
         assert!(diff <= 1e-4 * scale.max(1.0), "{toml}: folded outputs differ by {diff} (scale {scale})");
+        // As a teacher runs it: folded, in bfloat16. Its soft targets (temperature 4) barely move.
+        let mut teacher = fold(&model).unwrap();
+        teacher.net.bf16_inference = true;
+        let taught = tch::no_grad(|| tch::nn::ModuleT::forward_t(&teacher.net, &x, false));
+        let soft = |logits: &Tensor| (logits / 4.0).softmax(-1, Kind::Float);
+        let moved = (soft(&after) - soft(&taught)).abs().max().double_value(&[]);
+        assert!(moved > 1e-5 && moved < 1e-2, "{toml}: bfloat16 soft targets moved by {moved} (0 means it ran in f32)");
         let flops = |c: &Config| fer::nn::flops::count_config(c).unwrap().fvcore_total;
         assert!(flops(&folded.config) < flops(&model.config), "{toml}: folding removes the batch-norm FLOPs");
         if !toml.contains("flatten") {

@@ -513,6 +513,9 @@ pub struct Net {
     /// Mixed precision in training: convolutions and linear layers compute in bfloat16
     /// (weights kept in f32, as autocast does); evaluation stays in f32.
     pub bf16_training: bool,
+    /// The same in evaluation: for teachers, whose soft targets need no more than bfloat16's
+    /// precision and whose forward passes are most of a distilled epoch.
+    pub bf16_inference: bool,
 }
 
 /// PyTorch's default for conv and linear: weight and bias uniform in ±1/sqrt(fan_in).
@@ -614,7 +617,7 @@ impl Net {
     /// Builds `layers` for a `side` x `side` input.
     pub fn new(root: &nn::Path, layers: &[Layer], side: i64) -> anyhow::Result<Net> {
         shapes_at(layers, side)?;
-        Ok(Net { layers: build(root, layers, Shape::input(side))?, bf16_training: false })
+        Ok(Net { layers: build(root, layers, Shape::input(side))?, bf16_training: false, bf16_inference: false })
     }
 }
 
@@ -645,7 +648,6 @@ fn channels_last(x: &Tensor) -> Tensor {
 }
 
 fn forward(layers: &[Built], xs: &Tensor, train: bool, mixed: bool) -> Tensor {
-    let mixed = mixed && train;
     let mut x = xs.shallow_clone();
     for layer in layers {
         x = match layer {
@@ -696,7 +698,8 @@ fn forward(layers: &[Built], xs: &Tensor, train: bool, mixed: bool) -> Tensor {
 
 impl ModuleT for Net {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        forward(&self.layers, xs, train, self.bf16_training).to_kind(Kind::Float)
+        let mixed = if train { self.bf16_training } else { self.bf16_inference };
+        forward(&self.layers, xs, train, mixed).to_kind(Kind::Float)
     }
 }
 

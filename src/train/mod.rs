@@ -244,7 +244,10 @@ pub fn train(config: &Config, data: &Dataset, opts: &TrainOptions) -> anyhow::Re
 }
 
 /// The trained models a distilled run learns from (none, one, or an ensemble), each checked
-/// to see the same input.
+/// to see the same input. Their forward passes are most of a distilled epoch, so they run as
+/// they ship: batch norm folded, convolutions in bfloat16 (the accurate network: 53 ms a batch
+/// of 128 on 2 cores against 96 in f32; on PublicTest the three accurate runs' soft targets at
+/// temperature 4 move by at most 7e-3, their labels stay on 99.6% of the faces).
 fn load_teachers(config: &Config, device: Device) -> anyhow::Result<Vec<Trained>> {
     let paths = config.train.teacher.as_ref().map_or(&[][..], |t| t.paths());
     paths
@@ -253,6 +256,8 @@ fn load_teachers(config: &Config, device: Device) -> anyhow::Result<Vec<Trained>
             let teacher = Trained::load(Path::new(path), device).map_err(|e| anyhow::anyhow!("teacher {path}: {e}"))?;
             let (want, got) = (config.train.input_size, teacher.config.train.input_size);
             anyhow::ensure!(want == got, "teacher {path} takes {got}x{got} inputs, this run {want}x{want}");
+            let mut teacher = crate::nn::export::fold(&teacher).map_err(|e| anyhow::anyhow!("teacher {path}: {e}"))?;
+            teacher.net.bf16_inference = true;
             Ok(teacher)
         })
         .collect()
