@@ -16,7 +16,8 @@ for run in results/ablation-bf16/*/; do
 done
 for name in accurate tiny tiny-seed1 tiny-seed2 tiny-distilled tiny-long \
     tiny-longer tiny-longer-seed1 tiny-longer-seed2 accurate-long \
-    accurate-distilled tiny-ensemble accurate-distilled-mixup nano nano-wide nano-sharp; do
+    accurate-distilled tiny-ensemble tiny-ensemble-seed1 tiny-ensemble-seed2 accurate-distilled-mixup \
+    nano nano-wide nano-sharp; do
     [[ -f results/frontier/$name/summary.json ]] && args+=(--run "results/frontier/$name")
 done
 for model in models/*/; do

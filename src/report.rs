@@ -673,7 +673,8 @@ fn beyond_the_ablation(md: &mut String, runs: &[Run], out: &Path) -> anyhow::Res
             o.train.eval_blur = c.train.eval_blur;
             j != i && o == *c
         });
-        if let Some(j) = twin {
+        // A twin taught by another teacher is compared once, against the run listed first.
+        if let Some(j) = twin.filter(|&j| configs[j].train.teacher.is_none() || j < i) {
             let (on, off) = (&runs[i].summary, &runs[j].summary);
             let gain = 100.0 * (on.val_acc - off.val_acc);
             // Judged against the spread of the twin's recipe, where it was trained with other seeds.
@@ -681,13 +682,22 @@ fn beyond_the_ablation(md: &mut String, runs: &[Run], out: &Path) -> anyhow::Res
                 Some((_, n)) if gain.abs() < 100.0 * n.threshold() => format!(" *(noise: under the {:.2} points that tell two single runs of `{}` apart)*", 100.0 * n.threshold(), n.name),
                 _ => String::new(),
             };
+            let what = match &configs[j].train.teacher {
+                None => format!(
+                    "Distillation (`{}` against `{}`: the same network, recipe and seed, plus the teacher's outputs softened at temperature {} with weight {})",
+                    on.name, off.name, c.train.distill_temperature, c.train.distill_weight
+                ),
+                Some(theirs) => format!(
+                    "Teacher (`{}` against `{}`: the same network, recipe and seed, taught by {} instead of {})",
+                    on.name,
+                    off.name,
+                    c.train.teacher.as_ref().map_or(String::new(), |t| t.paths().join(" + ")),
+                    theirs.paths().join(" + ")
+                ),
+            };
             writeln!(
                 md,
-                "Distillation (`{}` against `{}`: the same network, recipe and seed, plus the teacher's outputs softened at temperature {} with weight {}): PublicTest {:+.2} points ({} -> {}){verdict}, PrivateTest {:+.2} points.\n",
-                on.name,
-                off.name,
-                c.train.distill_temperature,
-                c.train.distill_weight,
+                "{what}: PublicTest {:+.2} points ({} -> {}){verdict}, PrivateTest {:+.2} points.\n",
                 gain,
                 pct(off.val_acc),
                 pct(on.val_acc),

@@ -64,12 +64,17 @@ fn ablation_then_report_from_run_records() {
     let mut plain_reseeded = tiny_config("plain-seed3", 2);
     plain_reseeded.seed = 3;
     let reseeded_summary = train(&plain_reseeded, &data, &opts).unwrap();
+    // The student's recipe taught by another teacher: compared with the student once.
+    let mut retaught = student.clone();
+    retaught.name = "retaught".into();
+    retaught.train.teacher = Some(fer::config::Teacher::One(runs.join("plain").display().to_string()));
+    train(&retaught, &data, &opts).unwrap();
     let model_dir = dir.path().join("models/student");
     fer::nn::export::export(&runs.join("student"), &model_dir, Some(&data)).unwrap();
 
     let inputs = fer::report::ReportInputs {
         baseline: runs.join("base"),
-        runs: vec![runs.join("student"), runs.join("plain"), runs.join("plain-seed3")],
+        runs: vec![runs.join("student"), runs.join("plain"), runs.join("plain-seed3"), runs.join("retaught")],
         ablations: vec![out.clone(), out_one_off.clone()],
         seed_runs: vec![runs.join("02-smoothing+flip-seed5")],
         data_stats: None,
@@ -96,6 +101,9 @@ fn ablation_then_report_from_run_records() {
     assert!(md.contains("### Time to accuracy") && md.contains("](time_to_accuracy.png)"));
     assert!(dir.path().join("report/time_to_accuracy.png").is_file());
     assert!(md.contains("Distillation (`student` against `plain`"), "the distillation is measured against its twin");
+    let teacher_line = format!("Teacher (`retaught` against `student`: the same network, recipe and seed, taught by {} instead of {})", runs.join("plain").display(), runs.join("base").display());
+    assert!(md.contains(&teacher_line), "{md}");
+    assert!(!md.contains("against `retaught`"), "one comparison per pair, neither called distillation: {md}");
     let mean = 50.0 * (plain.val_acc + reseeded_summary.val_acc);
     assert!(md.contains(&format!("Seeds: `plain` trained with seeds 3, 7: PublicTest {mean:.2}% ± ")), "{md}");
     assert_eq!(md.matches("Seeds: ").count(), 1, "the student, with its teacher, is another recipe");
