@@ -660,9 +660,7 @@ fn beyond_the_ablation(md: &mut String, runs: &[Run], out: &Path) -> anyhow::Res
         }
     }
     for (i, c) in configs.iter().enumerate() {
-        if c.train.teacher.is_none() {
-            continue;
-        }
+        let Some(ours) = &c.train.teacher else { continue };
         let twin = configs.iter().enumerate().position(|(j, o)| {
             let mut o = o.clone();
             o.name = c.name.clone();
@@ -688,11 +686,8 @@ fn beyond_the_ablation(md: &mut String, runs: &[Run], out: &Path) -> anyhow::Res
                     on.name, off.name, c.train.distill_temperature, c.train.distill_weight
                 ),
                 Some(theirs) => format!(
-                    "Teacher (`{}` against `{}`: the same network, recipe and seed, taught by {} instead of {})",
-                    on.name,
-                    off.name,
-                    c.train.teacher.as_ref().map_or(String::new(), |t| t.paths().join(" + ")),
-                    theirs.paths().join(" + ")
+                    "Teacher (`{}` against `{}`: the same network, recipe and seed, taught by {ours} instead of {theirs})",
+                    on.name, off.name
                 ),
             };
             writeln!(

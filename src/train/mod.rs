@@ -253,10 +253,11 @@ fn load_teachers(config: &Config, device: Device) -> anyhow::Result<Vec<Trained>
     paths
         .iter()
         .map(|path| {
-            let teacher = Trained::load(Path::new(path), device).map_err(|e| anyhow::anyhow!("teacher {path}: {e}"))?;
+            let named = |e: anyhow::Error| anyhow::anyhow!("teacher {path}: {e}");
+            let teacher = Trained::load(Path::new(path), device).map_err(named)?;
             let (want, got) = (config.train.input_size, teacher.config.train.input_size);
             anyhow::ensure!(want == got, "teacher {path} takes {got}x{got} inputs, this run {want}x{want}");
-            let mut teacher = crate::nn::export::fold(&teacher).map_err(|e| anyhow::anyhow!("teacher {path}: {e}"))?;
+            let mut teacher = crate::nn::export::fold(&teacher).map_err(named)?;
             teacher.net.bf16_inference = true;
             Ok(teacher)
         })
