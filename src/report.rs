@@ -661,7 +661,11 @@ fn beyond_the_ablation(md: &mut String, runs: &[Run], out: &Path) -> anyhow::Res
     }
     for (i, c) in configs.iter().enumerate() {
         let Some(ours) = &c.train.teacher else { continue };
+        // A twin taught by another teacher is compared once: the run listed later against the one listed first.
         let twin = configs.iter().enumerate().position(|(j, o)| {
+            if j == i || (o.train.teacher.is_some() && j > i) {
+                return false;
+            }
             let mut o = o.clone();
             o.name = c.name.clone();
             o.train.teacher = c.train.teacher.clone();
@@ -669,10 +673,9 @@ fn beyond_the_ablation(md: &mut String, runs: &[Run], out: &Path) -> anyhow::Res
             o.train.distill_temperature = c.train.distill_temperature;
             // The blur chosen at the end may differ between the two; the recipe may not.
             o.train.eval_blur = c.train.eval_blur;
-            j != i && o == *c
+            o == *c
         });
-        // A twin taught by another teacher is compared once, against the run listed first.
-        if let Some(j) = twin.filter(|&j| configs[j].train.teacher.is_none() || j < i) {
+        if let Some(j) = twin {
             let (on, off) = (&runs[i].summary, &runs[j].summary);
             let gain = 100.0 * (on.val_acc - off.val_acc);
             // Judged against the spread of the twin's recipe, where it was trained with other seeds.
