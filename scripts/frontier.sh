@@ -22,8 +22,10 @@ cd "$(dirname "$0")/.."
 FER=${FER:-./fer}
 
 # A recipe of configs/frontier/, run as <recipe>, or with a seed as <recipe>-seed<N>.
+trained=()
 train() {
     local name=$1${2:+-seed$2}
+    trained+=("$name")
     if [[ -f runs/$name/summary.json ]]; then
         echo "== $name: finished earlier"
     else
@@ -32,9 +34,11 @@ train() {
     fi
 }
 
-# The run among the arguments with the highest PublicTest accuracy (model selection).
+# The run of a family (tiny, nano, accurate: the runs trained above whose names start with it)
+# with the highest PublicTest accuracy (model selection).
 best_on_publictest() {
-    for name in "$@"; do
+    for name in "${trained[@]}"; do
+        [[ $name == "$1" || $name == "$1"-* ]] || continue
         printf '%s %s\n' "$(sed -n 's/.*"val_acc": *\([0-9.]*\).*/\1/p' "runs/$name/summary.json" | head -1)" "$name"
     done | sort -rn | head -1 | cut -d' ' -f2
 }
@@ -59,11 +63,9 @@ train tiny-ensemble
 train tiny-ensemble 1
 train tiny-ensemble 2
 
-tiny=$(best_on_publictest tiny tiny-seed1 tiny-seed2 tiny-distilled tiny-long tiny-longer tiny-longer-seed1 tiny-longer-seed2 \
-    tiny-ensemble tiny-ensemble-seed1 tiny-ensemble-seed2)
-nano=$(best_on_publictest nano nano-wide nano-sharp)
-accurate=$(best_on_publictest accurate accurate-long accurate-long-seed1 accurate-distilled \
-    accurate-distilled-mixup)
+tiny=$(best_on_publictest tiny)
+nano=$(best_on_publictest nano)
+accurate=$(best_on_publictest accurate)
 echo "== shipping $accurate, $tiny and $nano (the runs best on PublicTest)"
 "$FER" export "runs/$accurate" --out models/accurate --onnx
 "$FER" export "runs/$tiny" --out models/tiny --onnx
