@@ -162,19 +162,22 @@ fn pareto_plot(path: &Path, runs: &[&Run], shipped: &[Card]) -> anyhow::Result<(
 }
 
 /// A model scored with test-time augmentation: a row of its own, with the FLOPs of every view.
-fn tta_row(md: &mut String, name: &str, params: i64, t: &TtaScore) -> std::fmt::Result {
+/// One row of the cost table: the scores, the FLOPs and the efficiency worked out.
+#[allow(clippy::too_many_arguments)]
+fn cost_row(md: &mut String, label: &str, val_acc: f64, test_acc: f64, unseen: Option<f64>, flops: i64, params: i64, efficiency: f64) -> std::fmt::Result {
     writeln!(
         md,
-        "| {name} + {} TTA ({} views) | {} | {} | {} | {params} | {:.2} / {:.5} = **{:.1}** |",
-        t.kind,
-        t.views,
-        pct(t.val_acc),
-        private(t.test_acc, t.test_acc_unseen),
-        t.fvcore_flops,
-        100.0 * t.test_acc,
-        t.fvcore_flops as f64 / 1e9,
-        t.efficiency
+        "| {label} | {} | {} | {flops} | {params} | {:.2} / {:.5} = **{efficiency:.1}** |",
+        pct(val_acc),
+        private(test_acc, unseen),
+        100.0 * test_acc,
+        flops as f64 / 1e9,
     )
+}
+
+fn tta_row(md: &mut String, name: &str, params: i64, t: &TtaScore) -> std::fmt::Result {
+    let label = format!("{name} + {} TTA ({} views)", t.kind, t.views);
+    cost_row(md, &label, t.val_acc, t.test_acc, t.test_acc_unseen, t.fvcore_flops, params, t.efficiency)
 }
 
 /// Runs found in an ablation folder (one record folder per row), in row order.
@@ -457,35 +460,14 @@ fn render(inputs: &ReportInputs, records: &Records, base: &Path) -> anyhow::Resu
     writeln!(md, "| run | PublicTest | PrivateTest (leak-aware) | FLOPs (fvcore) | params | efficiency calculation |\n|---|---:|---:|---:|---:|---|")?;
     for r in &all {
         let s = &r.summary;
-        writeln!(
-            md,
-            "| {} | {} | {} | {} | {} | {:.2} / {:.5} = **{:.1}** |",
-            s.name,
-            pct(s.val_acc),
-            private(s.test_acc, s.test_acc_unseen),
-            s.fvcore_flops,
-            s.params,
-            100.0 * s.test_acc,
-            s.fvcore_flops as f64 / 1e9,
-            s.efficiency
-        )?;
+        cost_row(&mut md, &s.name, s.val_acc, s.test_acc, s.test_acc_unseen, s.fvcore_flops, s.params, s.efficiency)?;
         if let Some(t) = &s.tta {
             tta_row(&mut md, &s.name, s.params, t)?;
         }
     }
     for c in shipped {
-        writeln!(
-            md,
-            "| **{}** (shipped, BN folded) | {} | {} | {} | {} | {:.2} / {:.5} = **{:.1}** |",
-            c.name,
-            pct(c.val_acc),
-            private(c.test_acc, c.test_acc_unseen),
-            c.fvcore_flops,
-            c.params,
-            100.0 * c.test_acc,
-            c.fvcore_flops as f64 / 1e9,
-            c.efficiency
-        )?;
+        let label = format!("**{}** (shipped, BN folded)", c.name);
+        cost_row(&mut md, &label, c.val_acc, c.test_acc, c.test_acc_unseen, c.fvcore_flops, c.params, c.efficiency)?;
         if let Some(t) = &c.flip_tta {
             tta_row(&mut md, &format!("**{}** (shipped)", c.name), c.params, t)?;
         }
