@@ -161,7 +161,6 @@ fn pareto_plot(path: &Path, runs: &[&Run], shipped: &[Card]) -> anyhow::Result<(
     Ok(())
 }
 
-/// A model scored with test-time augmentation: a row of its own, with the FLOPs of every view.
 /// One row of the cost table: the scores, the FLOPs and the efficiency worked out.
 #[allow(clippy::too_many_arguments)]
 fn cost_row(md: &mut String, label: &str, val_acc: f64, test_acc: f64, unseen: Option<f64>, flops: i64, params: i64, efficiency: f64) -> std::fmt::Result {
@@ -175,6 +174,7 @@ fn cost_row(md: &mut String, label: &str, val_acc: f64, test_acc: f64, unseen: O
     )
 }
 
+/// A model scored with test-time augmentation: a row of its own, with the FLOPs of every view.
 fn tta_row(md: &mut String, name: &str, params: i64, t: &TtaScore) -> std::fmt::Result {
     let label = format!("{name} + {} TTA ({} views)", t.kind, t.views);
     cost_row(md, &label, t.val_acc, t.test_acc, t.test_acc_unseen, t.fvcore_flops, params, t.efficiency)
