@@ -3,16 +3,17 @@
 # 5 MFLOPs folded), the accurate model (also the teacher), the tiny model distilled from it, the
 # nano model (under 1 MFLOP), two more seeds of the tiny recipe, two nano variants, the tiny
 # model distilled for 60 and for 120 epochs and two more seeds of the latter, the accurate recipe
-# for 120 epochs with stronger augmentation (two seeds), that recipe born again (taught by the two
-# accurate runs before it) and born again a second time (taught by all three, with mixup), and
+# for 120 epochs with stronger augmentation (three seeds), that recipe born again (taught by the
+# two accurate runs before it) and born again a second time (taught by all three, with mixup),
+# the same network at full resolution (a stride-1 stem, taught by all four, with mixup), and
 # the tiny recipe taught by the first three accurate runs (three seeds);
-# ships the accurate, tiny and nano runs best on
-# PublicTest to models/ (BN folded, with model.onnx checked in tract; each card also scores flip
-# test-time augmentation apart). Interrupted runs resume; finished ones are skipped. Records go
-# to results/frontier/.
-# About 21 hours on 2 CPU cores (estimated from the records, with teachers now in bf16: the
+# ships the accurate, tiny and nano runs best on PublicTest to models/, and when the accurate one
+# is the full-resolution network, the best of the others as models/small (BN folded, with
+# model.onnx checked in tract; each card also scores flip test-time augmentation apart).
+# Interrupted runs resume; finished ones are skipped. Records go to results/frontier/.
+# About 29 hours on 2 CPU cores (estimated from the records, with teachers now in bf16: the
 # 120-epoch tiny runs about 65 minutes each, or 106 taught by three, accurate-long 103,
-# accurate-distilled 150, accurate-distilled-mixup 170);
+# accurate-distilled 150, accurate-distilled-mixup 170, accurate-fullres 365);
 # run it in the background:
 #   nohup scripts/frontier.sh > runs/frontier.log 2>&1 &
 # FER=path/to/a/copy/of/the/binary makes it use that binary throughout, so that rebuilding fer
@@ -35,10 +36,12 @@ train() {
 }
 
 # The run of a family (tiny, nano, accurate: the runs trained above whose names start with it)
-# with the highest PublicTest accuracy (model selection).
+# with the highest PublicTest accuracy (model selection); a second argument leaves out the runs
+# whose names match it.
 best_on_publictest() {
     for name in "${trained[@]}"; do
         [[ $name == "$1" || $name == "$1"-* ]] || continue
+        [[ -n ${2:-} && $name == $2 ]] && continue
         printf '%s %s\n' "$(sed -n 's/.*"val_acc": *\([0-9.]*\).*/\1/p' "runs/$name/summary.json" | head -1)" "$name"
     done | sort -rn | head -1 | cut -d' ' -f2
 }
@@ -57,8 +60,10 @@ train tiny-longer 1
 train tiny-longer 2
 train accurate-long
 train accurate-long 1
+train accurate-long 2
 train accurate-distilled
 train accurate-distilled-mixup
+train accurate-fullres
 train tiny-ensemble
 train tiny-ensemble 1
 train tiny-ensemble 2
@@ -66,8 +71,13 @@ train tiny-ensemble 2
 tiny=$(best_on_publictest tiny)
 nano=$(best_on_publictest nano)
 accurate=$(best_on_publictest accurate)
+small=$(best_on_publictest accurate '*-fullres*')
 echo "== shipping $accurate, $tiny and $nano (the runs best on PublicTest)"
 "$FER" export "runs/$accurate" --out models/accurate --onnx
+if [[ $small != "$accurate" ]]; then
+    echo "== shipping $small as models/small (the best on PublicTest at a quarter of the FLOPs)"
+    "$FER" export "runs/$small" --out models/small --onnx
+fi
 "$FER" export "runs/$tiny" --out models/tiny --onnx
 "$FER" export "runs/$nano" --out models/nano --onnx
 scripts/report.sh
