@@ -5,15 +5,16 @@
 # model distilled for 60 and for 120 epochs and two more seeds of the latter, the accurate recipe
 # for 120 epochs with stronger augmentation (three seeds), that recipe born again (taught by the
 # two accurate runs before it) and born again a second time (taught by all three, with mixup),
-# the same network at full resolution (a stride-1 stem, taught by all four, with mixup), and
-# the tiny recipe taught by the first three accurate runs (three seeds);
+# the same network at full resolution (a stride-1 stem, taught by all four, with mixup) and born
+# again (taught by itself and two of the others), and the tiny recipe taught by the first three
+# accurate runs (three seeds);
 # ships the accurate, tiny and nano runs best on PublicTest to models/, and when the accurate one
 # is the full-resolution network, the best of the others as models/small (BN folded, with
 # model.onnx checked in tract; each card also scores flip test-time augmentation apart).
 # Interrupted runs resume; finished ones are skipped. Records go to results/frontier/.
-# About 29 hours on 2 CPU cores (estimated from the records, with teachers now in bf16: the
+# About 36 hours on 2 CPU cores (estimated from the records, with teachers now in bf16: the
 # 120-epoch tiny runs about 65 minutes each, or 106 taught by three, accurate-long 103,
-# accurate-distilled 150, accurate-distilled-mixup 170, accurate-fullres 365);
+# accurate-distilled 150, accurate-distilled-mixup 170, accurate-fullres 365, born again about 420);
 # run it in the background:
 #   nohup scripts/frontier.sh > runs/frontier.log 2>&1 &
 # FER=path/to/a/copy/of/the/binary makes it use that binary throughout, so that rebuilding fer
@@ -64,6 +65,7 @@ train accurate-long 2
 train accurate-distilled
 train accurate-distilled-mixup
 train accurate-fullres
+train accurate-fullres-born-again
 train tiny-ensemble
 train tiny-ensemble 1
 train tiny-ensemble 2

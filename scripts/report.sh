@@ -17,7 +17,7 @@ done
 for name in accurate tiny tiny-seed1 tiny-seed2 tiny-distilled tiny-long \
     tiny-longer tiny-longer-seed1 tiny-longer-seed2 accurate-long accurate-long-seed1 accurate-long-seed2 \
     accurate-distilled tiny-ensemble tiny-ensemble-seed1 tiny-ensemble-seed2 accurate-distilled-mixup \
-    accurate-fullres \
+    accurate-fullres accurate-fullres-born-again \
     nano nano-wide nano-sharp; do
     [[ -f results/frontier/$name/summary.json ]] && args+=(--run "results/frontier/$name")
 done

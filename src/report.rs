@@ -148,9 +148,12 @@ fn pareto_plot(path: &Path, runs: &[&Run], shipped: &[Card]) -> anyhow::Result<(
     let orange = RGBColor(230, 110, 0);
     for (name, y, x) in &stars {
         chart.draw_series([Cross::new((*x, *y), 7, orange.stroke_width(3))]).map_err(|e| anyhow::anyhow!("{e}"))?;
+        // Above the cross: just below it sits the label of the run it was shipped from. Below that
+        // where a published point's label would share the space above.
+        let anchor_above = ANCHORS.iter().any(|a| (a.2 / x).log10().abs() < 0.3 && (0.0..4.0).contains(&(a.1 - y)));
+        let label_y = if anchor_above { *y - 1.8 } else { *y + 2.2 };
         chart
-            // Above the cross: below it sit the labels of the runs it was shipped from.
-            .draw_series([Text::new(name.clone(), (*x, *y + 2.2), ("sans-serif", 13).into_font().color(&orange))])
+            .draw_series([Text::new(name.clone(), (*x, label_y), ("sans-serif", 13).into_font().color(&orange))])
             .map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     for (name, y, x) in ANCHORS {
@@ -473,15 +476,21 @@ fn render(inputs: &ReportInputs, records: &Records, base: &Path) -> anyhow::Resu
         }
     }
     let cut = b.fvcore_flops as f64 / best.summary.fvcore_flops as f64;
+    // Within 10% either way a ratio reads oddly ("1.0x fewer"); a share says it plainly.
+    let compared = if cut >= 1.1 {
+        format!("{cut:.1}x fewer FLOPs than")
+    } else if cut <= 1.0 / 1.1 {
+        format!("{:.1}x more FLOPs than", 1.0 / cut)
+    } else {
+        format!("{:.0}% of the FLOPs of", 100.0 / cut)
+    };
     let baseline_flops = crate::nn::flops::count_config(&crate::config::Config::parse(&baseline.config)?)?;
     let sum_of = |prefix: &str| -> i64 { baseline_flops.layers.iter().filter(|l| l.kind.starts_with(prefix)).map(|l| l.fvcore).sum() };
     let (head_flops, conv_flops) = (sum_of("linear"), sum_of("conv"));
     writeln!(
         md,
-        "\nThe model chosen on PublicTest, `{}`, needs {:.1}x {} FLOPs than the baseline ({} vs {}) and scores {} on PrivateTest (leak-aware in brackets) against the baseline's {}: efficiency {:.1} vs {:.1} %/GFLOP. Most of the baseline's cost is in its convolutions ({} FLOPs: 3x3 convolutions up to 256 channels on 48x48, 24x24 and 12x12 maps) and little in its fully connected head ({} FLOPs, though nearly all of its parameters); the small networks cut the convolutions by downsampling at once (a stride-2 first layer) and keeping widths small, and replace the head with global average pooling and one linear layer.\n",
+        "\nThe model chosen on PublicTest, `{}`, needs {compared} the baseline ({} vs {}) and scores {} on PrivateTest (leak-aware in brackets) against the baseline's {}: efficiency {:.1} vs {:.1} %/GFLOP. Most of the baseline's cost is in its convolutions ({} FLOPs: 3x3 convolutions up to 256 channels on 48x48, 24x24 and 12x12 maps) and little in its fully connected head ({} FLOPs, though nearly all of its parameters); the small networks cut the convolutions by downsampling at once (a stride-2 first layer) and keeping widths small, and replace the head with global average pooling and one linear layer.\n",
         best.summary.name,
-        if cut >= 1.0 { cut } else { 1.0 / cut },
-        if cut >= 1.0 { "fewer" } else { "more" },
         best.summary.fvcore_flops,
         b.fvcore_flops,
         private(best.summary.test_acc, best.summary.test_acc_unseen),
