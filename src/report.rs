@@ -148,8 +148,8 @@ fn pareto_plot(path: &Path, runs: &[&Run], shipped: &[Card]) -> anyhow::Result<(
     let orange = RGBColor(230, 110, 0);
     for (name, y, x) in &stars {
         chart.draw_series([Cross::new((*x, *y), 7, orange.stroke_width(3))]).map_err(|e| anyhow::anyhow!("{e}"))?;
-        // Above the cross: just below it sits the label of the run it was shipped from. Below that
-        // where a published point's label would share the space above.
+        // Above the cross (the label of the run it was shipped from sits just below it), or under
+        // that label where a published point's label already takes the space above.
         let anchor_above = ANCHORS.iter().any(|a| (a.2 / x).log10().abs() < 0.3 && (0.0..4.0).contains(&(a.1 - y)));
         let label_y = if anchor_above { *y - 1.8 } else { *y + 2.2 };
         chart
