@@ -165,6 +165,10 @@ pub struct TrainConfig {
     /// distillation).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub teacher: Option<Teacher>,
+    /// Stochastic weight averaging: from this epoch on (0 = never), the mean of the weights at
+    /// each epoch's end is kept; when the run ends it is scored on PublicTest, its batch-norm
+    /// statistics recomputed over Training, and takes the best epoch's place if it does better.
+    pub average_from: usize,
     /// Softmax temperature of the distillation term.
     pub distill_temperature: f64,
     /// Weight of the distillation term; the label loss gets 1 minus this.
@@ -195,6 +199,7 @@ impl Default for TrainConfig {
             eval_blur_choices: Vec::new(),
             precision: Precision::F32,
             teacher: None,
+            average_from: 0,
             distill_temperature: 4.0,
             distill_weight: 0.5,
         }
@@ -214,6 +219,7 @@ impl Config {
         let t = &config.train;
         anyhow::ensure!((0.0..=1.0).contains(&t.distill_weight), "distill_weight {} must be between 0 and 1", t.distill_weight);
         anyhow::ensure!(t.eval_blur >= 0.0 && t.eval_blur_choices.iter().all(|&s| s >= 0.0), "blur sigmas must not be negative");
+        anyhow::ensure!(t.average_from <= t.epochs, "average_from {} is past the last epoch ({})", t.average_from, t.epochs);
         anyhow::ensure!(t.distill_temperature > 0.0, "distill_temperature must be positive");
         anyhow::ensure!(t.teacher.as_ref().is_none_or(|t| !t.paths().is_empty()), "teacher: an empty list; leave it out to train without one");
         Ok(config)

@@ -39,6 +39,18 @@ pub struct BlurScore {
     pub val_acc: f64,
 }
 
+/// The weight average of a run's last `epochs` epochs, from `first_epoch`, on PublicTest.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AverageScore {
+    pub first_epoch: usize,
+    pub epochs: usize,
+    pub val_acc: f64,
+    pub val_loss: f64,
+    /// What it was measured against: the best epoch's PublicTest accuracy.
+    pub best_epoch_val_acc: f64,
+    pub chosen: bool,
+}
+
 /// The finished run's record, `summary.json`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Summary {
@@ -69,6 +81,10 @@ pub struct Summary {
     pub eval_blur: f64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub blur_sweep: Vec<BlurScore>,
+    /// The mean of the late epochs' weights (`average_from`), scored on PublicTest against the
+    /// best epoch; where `chosen`, it is the model the scores and the weights are of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub average: Option<AverageScore>,
     pub train_seconds: f64,
     pub threads: i32,
     pub device: String,

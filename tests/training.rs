@@ -195,3 +195,39 @@ fn the_evaluation_blur_is_chosen_on_publictest_before_privatetest() {
     assert_eq!(model.config.train.eval_blur, 0.0);
     assert_eq!(model.evaluate(&data.split(Split::PrivateTest)).accuracy, summary.test_acc);
 }
+
+#[test]
+fn the_weight_average_competes_on_publictest_and_survives_a_resume() {
+    tch::set_num_threads(1);
+    let data = synthetic([280, 70, 70], 14);
+    let runs = tempfile::tempdir().unwrap();
+    let mut config = tiny_config("averaged", 4);
+    config.train.average_from = 2;
+    let whole = train(&config, &data, &opts(runs.path())).unwrap();
+    let average = whole.average.clone().expect("the run kept a weight average");
+    assert_eq!((average.first_epoch, average.epochs), (2, 3));
+    let best = metrics(&runs.path().join("averaged")).iter().map(|e| e.val_acc).fold(0.0, f64::max);
+    assert_eq!(average.best_epoch_val_acc, best);
+    assert_eq!(average.chosen, average.val_acc > best);
+    assert_eq!(whole.val_acc, if average.chosen { average.val_acc } else { best });
+    // The run's weights are the ones its scores belong to; the mean is kept beside them.
+    let dir = runs.path().join("averaged");
+    let model = Trained::load(&dir, tch::Device::Cpu).unwrap();
+    assert_eq!(model.evaluate(&data.split(Split::PublicTest)).accuracy, whole.val_acc);
+    assert_eq!(model.evaluate(&data.split(Split::PrivateTest)).accuracy, whole.test_acc);
+    assert!(dir.join("averaged.safetensors").is_file());
+    // Its card says which weights ship.
+    let out = runs.path().join("model");
+    fer::nn::export::export(&dir, &out, Some(&data)).unwrap();
+    let card = std::fs::read_to_string(out.join("card.md")).unwrap();
+    let weights = if average.chosen { "4 (the mean of epochs 2-4: PublicTest".to_string() } else { format!("| 4 ({}) |", whole.best_epoch) };
+    assert!(card.contains(&weights), "{weights} not in\n{card}");
+
+    // Stopped in the middle of the averaging and resumed: the same mean.
+    config.name = "averaged-parts".into();
+    let first = TrainOptions { stop_after: Some(2), ..opts(runs.path()) };
+    assert!(train(&config, &data, &first).is_err());
+    let parts = train(&config, &data, &TrainOptions { resume: true, ..opts(runs.path()) }).unwrap();
+    let resumed = parts.average.expect("the resumed run kept its weight average");
+    assert_eq!((resumed.epochs, resumed.val_acc, resumed.val_loss), (3, average.val_acc, average.val_loss));
+}

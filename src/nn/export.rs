@@ -12,7 +12,7 @@ use crate::nn::model::{fold_batch_norm, param_count};
 use crate::nn::onnx::Agreement;
 use crate::nn::model::Trained;
 use crate::nn::model::copy_named;
-use crate::record::{Summary, TtaScore};
+use crate::record::{AverageScore, Summary, TtaScore};
 
 /// The same model with every conv + batch-norm pair folded into one convolution.
 pub fn fold(model: &Trained) -> anyhow::Result<Trained> {
@@ -57,6 +57,9 @@ pub struct Card {
     pub device: String,
     pub machine: String,
     pub teacher: Option<String>,
+    /// The weight average the run kept (`average_from`), and whether it is these weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub average: Option<AverageScore>,
     /// The commands that retrain and re-export it.
     pub reproduce: String,
     /// `model.onnx`, checked against libtorch by an independent runtime (absent until
@@ -133,6 +136,7 @@ pub fn export(run: &Path, out: &Path, data: Option<&Dataset>) -> anyhow::Result<
         device: summary.device.clone(),
         machine: summary.machine.clone(),
         teacher: train_config.train.teacher.as_ref().map(|t| t.to_string()),
+        average: summary.average.clone(),
         reproduce,
         onnx: None,
         flip_tta: data.zip(val_faces.as_ref()).map(|(d, val)| folded.tta_score(val, &d.split(Split::PrivateTest), Tta::Flip)).transpose()?,
@@ -219,7 +223,21 @@ pub fn card_markdown(card: &Card, train_config: &Config) -> String {
         ("efficiency (PrivateTest % / GFLOP)", format!("{:.1}", card.efficiency)),
         ("parameters", card.params.to_string()),
         ("seed", card.seed.to_string()),
-        ("epochs (best on PublicTest)", format!("{} ({})", card.epochs, card.best_epoch)),
+        (
+            "epochs (best on PublicTest)",
+            match &card.average {
+                Some(a) if a.chosen => format!(
+                    "{} (the mean of epochs {}-{}: PublicTest {} against {} for the best epoch, {})",
+                    card.epochs,
+                    a.first_epoch,
+                    a.first_epoch + a.epochs - 1,
+                    pct(a.val_acc),
+                    pct(a.best_epoch_val_acc),
+                    card.best_epoch
+                ),
+                _ => format!("{} ({})", card.epochs, card.best_epoch),
+            },
+        ),
         ("distilled from", card.teacher.clone().unwrap_or_else(|| "none".into())),
         ("training time", format!("{:.0} s on {}, {} threads ({})", card.train_seconds, card.machine, card.threads, card.device)),
         (

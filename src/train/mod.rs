@@ -15,12 +15,14 @@ use crate::config::{Config, Tta};
 use crate::data::{write_atomic, Dataset, Split, NUM_CLASSES};
 use crate::eval::combine;
 use crate::nn::model::{copy_named, param_count, save_atomic, Trained};
-use crate::record::{machine_name, BlurScore, EpochMetrics, Summary};
+use crate::record::{machine_name, AverageScore, BlurScore, EpochMetrics, Summary};
 use augment::epoch_batches;
+use average::WeightAverage;
 use loss::Loss;
 use optim::{Optimizer, Schedule};
 
 pub mod augment;
+pub mod average;
 pub mod loss;
 pub mod optim;
 
@@ -40,6 +42,9 @@ struct RunState {
     plateau_bad_epochs: usize,
     #[serde(default)]
     stopped_early: bool,
+    /// Epochs folded into the weight average (`average_from`); the mean is in the checkpoint.
+    #[serde(default)]
+    averaged_epochs: usize,
 }
 
 pub struct TrainOptions {
@@ -97,11 +102,13 @@ pub fn train(config: &Config, data: &Dataset, opts: &TrainOptions) -> anyhow::Re
     let model = Trained::new(config, opts.device)?;
     let mut optimizer = Optimizer::new(&model.vs, &config.train);
     let mut state = RunState::default();
+    let mut average = WeightAverage::default();
     if opts.resume && state_file.exists() {
         state = serde_json::from_slice(&std::fs::read(&state_file)?)?;
         let tensors: HashMap<String, Tensor> = Tensor::read_safetensors(dir.join(&state.checkpoint))?.into_iter().collect();
         copy_named(&model.vs, &tensors, "model.")?;
         optimizer.load_state(&tensors, state.optimizer_steps)?;
+        average = WeightAverage::from_checkpoint(&tensors, state.averaged_epochs)?;
         if !opts.quiet {
             println!("resuming {} after epoch {}", config.name, state.epochs_done);
         }
@@ -219,14 +226,20 @@ pub fn train(config: &Config, data: &Dataset, opts: &TrainOptions) -> anyhow::Re
                 }
             }
         }
+        let average_from = config.train.average_from;
+        if average_from > 0 && epoch >= average_from {
+            average.add(&model.vs);
+        }
         let checkpoint = format!("checkpoint-{epoch:04}.safetensors");
         let mut tensors: Vec<(String, Tensor)> =
             model.vs.variables().into_iter().map(|(k, v)| (format!("model.{k}"), v)).collect();
         tensors.extend(optimizer.state());
+        tensors.extend(average.tensors());
         save_atomic(&dir.join(&checkpoint), |tmp| Ok(Tensor::write_safetensors(&tensors, tmp)?))?;
         let previous = std::mem::replace(&mut state.checkpoint, checkpoint);
         state.epochs_done = epoch;
         state.optimizer_steps = optimizer.steps;
+        state.averaged_epochs = average.epochs;
         state.history.push(metrics.clone());
         write_atomic(&state_file, &serde_json::to_vec_pretty(&state)?)?;
         if !previous.is_empty() && previous != state.checkpoint {
@@ -240,7 +253,7 @@ pub fn train(config: &Config, data: &Dataset, opts: &TrainOptions) -> anyhow::Re
     if state.epochs_done < config.train.epochs && !state.stopped_early {
         anyhow::bail!("stopped after epoch {} of {}; continue with --resume", state.epochs_done, config.train.epochs);
     }
-    finish(config, data, &dir, &state, opts)
+    finish(config, data, &dir, &state, &average, opts)
 }
 
 /// The trained models a distilled run learns from (none, one, or an ensemble), each checked
@@ -277,15 +290,51 @@ fn remove_partial_files(dir: &Path) -> anyhow::Result<()> {
 }
 
 /// Scores the best checkpoint on PrivateTest once, and writes `summary.json`.
-fn finish(config: &Config, data: &Dataset, dir: &Path, state: &RunState, opts: &TrainOptions) -> anyhow::Result<Summary> {
+fn finish(config: &Config, data: &Dataset, dir: &Path, state: &RunState, average: &WeightAverage, opts: &TrainOptions) -> anyhow::Result<Summary> {
     let summary_path = dir.join("summary.json");
     if let Ok(bytes) = std::fs::read(&summary_path) {
         // PrivateTest was already scored for this run: never touch it again.
         return Ok(serde_json::from_slice(&bytes)?);
     }
-    let mut model = Trained::load(dir, opts.device)?;
     let val_faces = data.split(Split::PublicTest);
     let best = &state.history[state.best_epoch - 1];
+    // (accuracy, loss) on PublicTest of the weights the scores use.
+    let mut val = (best.val_acc, best.val_loss);
+    // The weight average, where the run kept one, takes the best epoch's place only if it does
+    // better on PublicTest.
+    let average = match average.epochs {
+        0 => None,
+        epochs => {
+            let mean = average.model(config, opts.device, &data.split(Split::Training))?;
+            let eval = mean.evaluate(&val_faces);
+            let chosen = eval.accuracy > best.val_acc;
+            mean.save(&dir.join("averaged.safetensors"))?;
+            if chosen {
+                mean.save(&dir.join("best.safetensors"))?;
+                val = (eval.accuracy, eval.loss);
+            }
+            if !opts.quiet {
+                println!(
+                    "mean of the weights of epochs {}-{}: PublicTest {:.2}% against {:.2}% for epoch {}: {}",
+                    state.epochs_done + 1 - epochs,
+                    state.epochs_done,
+                    100.0 * eval.accuracy,
+                    100.0 * best.val_acc,
+                    state.best_epoch,
+                    if chosen { "the mean is kept" } else { "the best epoch is kept" }
+                );
+            }
+            Some(AverageScore {
+                first_epoch: state.epochs_done + 1 - epochs,
+                epochs,
+                val_acc: eval.accuracy,
+                val_loss: eval.loss,
+                best_epoch_val_acc: best.val_acc,
+                chosen,
+            })
+        }
+    };
+    let mut model = Trained::load(dir, opts.device)?;
     let blur_sweep: Vec<BlurScore> = config
         .train
         .eval_blur_choices
@@ -295,8 +344,7 @@ fn finish(config: &Config, data: &Dataset, dir: &Path, state: &RunState, opts: &
             BlurScore { sigma, val_acc: model.evaluate(&val_faces).accuracy }
         })
         .collect();
-    // (accuracy, loss) on PublicTest at the blur the scores use; ties go to the earlier choice.
-    let mut val = (best.val_acc, best.val_loss);
+    // The blur the scores use; ties go to the earlier choice.
     if let Some(chosen) = blur_sweep.iter().reduce(|a, b| if b.val_acc > a.val_acc { b } else { a }) {
         model.config.train.eval_blur = chosen.sigma;
         let eval = model.evaluate(&val_faces);
@@ -326,6 +374,7 @@ fn finish(config: &Config, data: &Dataset, dir: &Path, state: &RunState, opts: &
         tta,
         eval_blur: config.train.eval_blur,
         blur_sweep,
+        average,
         train_seconds: state.history.iter().map(|m| m.seconds).sum(),
         threads: tch::get_num_threads(),
         device: format!("{:?}", opts.device),
