@@ -60,7 +60,8 @@ pub struct Summary {
     pub best_epoch: usize,
     pub val_acc: f64,
     pub val_loss: f64,
-    /// PrivateTest, measured once, on the checkpoint that was best on PublicTest.
+    /// PrivateTest, measured once, on the weights best on PublicTest (the best epoch's, or the
+    /// weight average where it did better).
     pub test_acc: f64,
     pub test_loss: f64,
     /// The leak-aware score: PrivateTest accuracy over the faces with no pixel-identical twin

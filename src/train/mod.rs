@@ -1,6 +1,7 @@
 //! The training loop: shuffled mini-batches over Training, exact validation on PublicTest
 //! after each epoch, metrics and checkpoints as it goes, resume after a kill, and one final
-//! PrivateTest score for the checkpoint that was best on PublicTest.
+//! PrivateTest score for the weights best on PublicTest (the best epoch's, or their mean over
+//! the last epochs where the config keeps one and it does better).
 
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -289,7 +290,8 @@ fn remove_partial_files(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Scores the best checkpoint on PrivateTest once, and writes `summary.json`.
+/// Picks the weights on PublicTest (the best epoch's, or the weight average), scores them on
+/// PrivateTest once, and writes `summary.json`.
 fn finish(config: &Config, data: &Dataset, dir: &Path, state: &RunState, average: &WeightAverage, opts: &TrainOptions) -> anyhow::Result<Summary> {
     let summary_path = dir.join("summary.json");
     if let Ok(bytes) = std::fs::read(&summary_path) {
