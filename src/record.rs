@@ -92,6 +92,26 @@ pub struct Summary {
     pub machine: String,
 }
 
+impl Summary {
+    /// The weight average, where it is what the scores belong to.
+    fn chosen_average(&self) -> Option<&AverageScore> {
+        self.average.as_ref().filter(|a| a.chosen)
+    }
+
+    /// Which weights the scores belong to: the best epoch (`"79"`) or a mean (`"mean of 76-100"`).
+    pub fn weights(&self) -> String {
+        match self.chosen_average() {
+            Some(a) => format!("mean of {}-{}", a.first_epoch, self.epochs_to_weights()),
+            None => self.best_epoch.to_string(),
+        }
+    }
+
+    /// The epochs trained before those weights were complete.
+    pub fn epochs_to_weights(&self) -> usize {
+        self.chosen_average().map_or(self.best_epoch, |a| a.first_epoch + a.epochs - 1)
+    }
+}
+
 /// The CPU model, for the record of where a run was timed.
 pub fn machine_name() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")

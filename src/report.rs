@@ -508,13 +508,13 @@ fn render(inputs: &ReportInputs, records: &Records, base: &Path) -> anyhow::Resu
 
     // Time to accuracy.
     writeln!(md, "### Time to accuracy\n")?;
-    writeln!(md, "| run | device | machine | threads | epochs | median s / epoch | time to the best epoch | total |\n|---|---|---|---:|---:|---:|---:|---:|")?;
+    writeln!(md, "| run | device | machine | threads | epochs | median s / epoch | time to the chosen weights | total |\n|---|---|---|---:|---:|---:|---:|---:|")?;
     for r in records.timed() {
         let s = &r.summary;
         let mut secs: Vec<f64> = r.metrics.iter().map(|m| m.seconds).collect();
         secs.sort_by(f64::total_cmp);
         let median = secs.get(secs.len() / 2).copied().unwrap_or(0.0);
-        let to_best: f64 = r.metrics.iter().take(s.best_epoch).map(|m| m.seconds).sum();
+        let to_best: f64 = r.metrics.iter().take(s.epochs_to_weights()).map(|m| m.seconds).sum();
         writeln!(md, "| {} | {} | {} | {} | {} | {:.1} | {:.1} min | {:.1} min |", s.name, s.device, s.machine, s.threads, s.epochs, median, to_best / 60.0, s.train_seconds / 60.0)?;
     }
     let timing = inputs.out.join("time_to_accuracy.png");
@@ -622,7 +622,7 @@ fn beyond_the_ablation(md: &mut String, runs: &[Run], out: &Path) -> anyhow::Res
             rel(&r.dir, out),
             network(c),
             s.epochs,
-            s.best_epoch,
+            s.weights(),
             c.train.teacher.as_ref().map_or("none".to_string(), |t| t.to_string()),
             blur,
             pct(s.val_acc),

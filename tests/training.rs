@@ -210,6 +210,8 @@ fn the_weight_average_competes_on_publictest_and_survives_a_resume() {
     assert_eq!(average.best_epoch_val_acc, best);
     assert_eq!(average.chosen, average.val_acc > best);
     assert_eq!(whole.val_acc, if average.chosen { average.val_acc } else { best });
+    let (weights, trained) = if average.chosen { ("mean of 2-4".to_string(), 4) } else { (whole.best_epoch.to_string(), whole.best_epoch) };
+    assert_eq!((whole.weights(), whole.epochs_to_weights()), (weights, trained));
     // The run's weights are the ones its scores belong to; the mean is kept beside them.
     let dir = runs.path().join("averaged");
     let model = Trained::load(&dir, tch::Device::Cpu).unwrap();
