@@ -51,6 +51,12 @@ pub struct AverageScore {
     pub chosen: bool,
 }
 
+impl AverageScore {
+    pub fn last_epoch(&self) -> usize {
+        self.first_epoch + self.epochs - 1
+    }
+}
+
 /// The finished run's record, `summary.json`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Summary {
@@ -101,14 +107,14 @@ impl Summary {
     /// Which weights the scores belong to: the best epoch (`"79"`) or a mean (`"mean of 76-100"`).
     pub fn weights(&self) -> String {
         match self.chosen_average() {
-            Some(a) => format!("mean of {}-{}", a.first_epoch, self.epochs_to_weights()),
+            Some(a) => format!("mean of {}-{}", a.first_epoch, a.last_epoch()),
             None => self.best_epoch.to_string(),
         }
     }
 
     /// The epochs trained before those weights were complete.
     pub fn epochs_to_weights(&self) -> usize {
-        self.chosen_average().map_or(self.best_epoch, |a| a.first_epoch + a.epochs - 1)
+        self.chosen_average().map_or(self.best_epoch, AverageScore::last_epoch)
     }
 }
 

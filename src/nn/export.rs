@@ -230,7 +230,7 @@ pub fn card_markdown(card: &Card, train_config: &Config) -> String {
                     "{} (the mean of epochs {}-{}: PublicTest {} against {} for the best epoch, {})",
                     card.epochs,
                     a.first_epoch,
-                    a.first_epoch + a.epochs - 1,
+                    a.last_epoch(),
                     pct(a.val_acc),
                     pct(a.best_epoch_val_acc),
                     card.best_epoch

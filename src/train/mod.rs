@@ -307,18 +307,19 @@ fn finish(config: &Config, data: &Dataset, dir: &Path, state: &RunState, average
     let average = match average.epochs {
         0 => None,
         epochs => {
+            let first_epoch = state.epochs_done + 1 - epochs;
             let mean = average.model(config, opts.device, &data.split(Split::Training))?;
             let eval = mean.evaluate(&val_faces);
             let chosen = eval.accuracy > best.val_acc;
             mean.save(&dir.join("averaged.safetensors"))?;
             if chosen {
-                mean.save(&dir.join("best.safetensors"))?;
+                std::fs::copy(dir.join("averaged.safetensors"), dir.join("best.safetensors"))?;
                 val = (eval.accuracy, eval.loss);
             }
             if !opts.quiet {
                 println!(
                     "mean of the weights of epochs {}-{}: PublicTest {:.2}% against {:.2}% for epoch {}: {}",
-                    state.epochs_done + 1 - epochs,
+                    first_epoch,
                     state.epochs_done,
                     100.0 * eval.accuracy,
                     100.0 * best.val_acc,
@@ -327,7 +328,7 @@ fn finish(config: &Config, data: &Dataset, dir: &Path, state: &RunState, average
                 );
             }
             Some(AverageScore {
-                first_epoch: state.epochs_done + 1 - epochs,
+                first_epoch,
                 epochs,
                 val_acc: eval.accuracy,
                 val_loss: eval.loss,
