@@ -45,29 +45,41 @@ pub fn blur(x: &Tensor, sigma: f64) -> Tensor {
     rows.conv2d(&g.reshape([1, 1, k, 1]), None::<Tensor>, [1, 1], [0, 0], [1, 1], 1)
 }
 
+/// The faces in batches of at most `batch_size`, as every model sees them before its crop: on
+/// `device`, normalised, blurred by `blur_sigma`.
+pub fn input_batches(faces: &Faces, batch_size: usize, device: Device, blur_sigma: f64) -> impl Iterator<Item = Tensor> {
+    let (x, _) = faces.tensors();
+    let n = faces.len() as i64;
+    let batch = batch_size.max(1) as i64;
+    (0..n).step_by(batch as usize).map(move |start| blur(&normalize(&x.narrow(0, start, batch.min(n - start)).to_device(device)), blur_sigma))
+}
+
+/// The `side` x `side` view of a batch at `(y, x)`, mirrored when `flip`.
+fn view(batch: &Tensor, (y, x, flip): (i64, i64, bool), side: i64) -> Tensor {
+    let v = batch.narrow(2, y, side).narrow(3, x, side);
+    if flip {
+        v.flip([3])
+    } else {
+        v
+    }
+}
+
+/// The centre `side` x `side` crop of a batch: the single-pass view.
+pub fn centre_view(batch: &Tensor, side: usize) -> Tensor {
+    view(batch, views(side as i64, Tta::None)[0], side as i64)
+}
+
 /// Class scores for every face, `[N, 7]` on the CPU, in eval mode without gradients: the
 /// network's logits, or with several views their [`combine`]d scores.
 pub fn logits(net: &dyn ModuleT, faces: &Faces, batch_size: usize, device: Device, side: usize, tta: Tta, blur_sigma: f64) -> Tensor {
-    let (x, _) = faces.tensors();
-    let n = faces.len() as i64;
-    let side = side as i64;
-    let views = views(side, tta);
-    let mut parts = Vec::new();
-    tch::no_grad(|| {
-        let mut start = 0;
-        while start < n {
-            let len = (batch_size as i64).min(n - start);
-            let xb = blur(&normalize(&x.narrow(0, start, len).to_device(device)), blur_sigma);
-            let outs: Vec<Tensor> = views
-                .iter()
-                .map(|&(oy, ox, flip)| {
-                    let v = xb.narrow(2, oy, side).narrow(3, ox, side);
-                    net.forward_t(&if flip { v.flip([3]) } else { v }, false)
-                })
-                .collect();
-            parts.push(combine(&outs).to_device(Device::Cpu));
-            start += len;
-        }
+    let views = views(side as i64, tta);
+    let parts: Vec<Tensor> = tch::no_grad(|| {
+        input_batches(faces, batch_size, device, blur_sigma)
+            .map(|xb| {
+                let outs: Vec<Tensor> = views.iter().map(|&v| net.forward_t(&view(&xb, v, side as i64), false)).collect();
+                combine(&outs).to_device(Device::Cpu)
+            })
+            .collect()
     });
     if parts.is_empty() {
         return Tensor::zeros([0, NUM_CLASSES as i64], (Kind::Float, Device::Cpu));

@@ -8,8 +8,8 @@ use tch::nn::{self, ModuleT};
 use tch::{Device, Tensor};
 
 use crate::config::Config;
-use crate::data::{normalize, Faces, SIDE};
-use crate::eval::blur;
+use crate::data::Faces;
+use crate::eval::{centre_view, input_batches};
 use crate::nn::model::Trained;
 
 /// The running mean of a model's variables over the epochs it has seen.
@@ -80,30 +80,22 @@ pub fn recompute_batch_norm(model: &mut Trained, faces: &Faces) {
     }
     let bf16 = std::mem::replace(&mut model.net.bf16_training, false);
     let t = &model.config.train;
-    let (side, batch) = (t.input_size as i64, t.eval_batch_size as i64);
-    let offset = (SIDE as i64 - side) / 2;
     // A training-mode pass moves each statistic by `momentum` towards its batch's value: from
     // zero, it lands on exactly momentum x the batch's statistic.
     let momentum = nn::BatchNormConfig::default().momentum;
     let mut sums: Vec<Tensor> = stats.iter().map(|s| s.zeros_like()).collect();
-    let (x, _) = faces.tensors();
-    let n = faces.len() as i64;
     tch::no_grad(|| {
-        let mut start = 0;
-        while start < n {
-            let len = batch.min(n - start);
+        for xb in input_batches(faces, t.eval_batch_size, model.vs.device(), t.eval_blur) {
             for s in &stats {
                 let _ = s.shallow_clone().zero_();
             }
-            let xb = blur(&normalize(&x.narrow(0, start, len).to_device(model.vs.device())), t.eval_blur);
-            let _ = model.net.forward_t(&xb.narrow(2, offset, side).narrow(3, offset, side), true);
+            let _ = model.net.forward_t(&centre_view(&xb, t.input_size), true);
             for (sum, s) in sums.iter_mut().zip(&stats) {
-                *sum += s * len as f64;
+                *sum += s * xb.size()[0] as f64;
             }
-            start += len;
         }
         for (sum, s) in sums.iter().zip(&stats) {
-            s.shallow_clone().copy_(&(sum / (momentum * n as f64)));
+            s.shallow_clone().copy_(&(sum / (momentum * faces.len() as f64)));
         }
     });
     model.net.bf16_training = bf16;
@@ -112,6 +104,7 @@ pub fn recompute_batch_norm(model: &mut Trained, faces: &Faces) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::{normalize, SIDE};
     use tch::Kind;
 
     fn config(eval_batch_size: usize) -> Config {
