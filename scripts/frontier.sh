@@ -14,7 +14,7 @@
 # Interrupted runs resume; finished ones are skipped. Records go to results/frontier/.
 # About 36 hours on 2 CPU cores (estimated from the records, with teachers now in bf16: the
 # 120-epoch tiny runs about 65 minutes each, or 106 taught by three, accurate-long 103,
-# accurate-distilled 150, accurate-distilled-mixup 170, accurate-fullres 365, born again about 420);
+# accurate-distilled 150, accurate-distilled-mixup 170, accurate-fullres 365, born again 410);
 # run it in the background:
 #   nohup scripts/frontier.sh > runs/frontier.log 2>&1 &
 # FER=path/to/a/copy/of/the/binary makes it use that binary throughout, so that rebuilding fer

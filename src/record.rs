@@ -112,6 +112,14 @@ impl Summary {
         }
     }
 
+    /// The same in words, for a sentence: "best epoch 79" or "the mean of epochs 76-100".
+    pub fn weights_in_words(&self) -> String {
+        match self.chosen_average() {
+            Some(a) => format!("the mean of epochs {}-{}", a.first_epoch, a.last_epoch()),
+            None => format!("best epoch {}", self.best_epoch),
+        }
+    }
+
     /// The epochs trained before those weights were complete.
     pub fn epochs_to_weights(&self) -> usize {
         self.chosen_average().map_or(self.best_epoch, AverageScore::last_epoch)

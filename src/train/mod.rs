@@ -389,9 +389,9 @@ fn finish(config: &Config, data: &Dataset, dir: &Path, state: &RunState, average
     crate::plot::confusion_matrix(&dir.join("confusion_test.png"), &test, "PrivateTest")?;
     if !opts.quiet {
         println!(
-            "{}: best epoch {} (PublicTest {:.2}%), PrivateTest {:.2}% ({:.2}% leak-aware), {:.4} GFLOPs, efficiency {:.1} %/GFLOP",
+            "{}: {} (PublicTest {:.2}%), PrivateTest {:.2}% ({:.2}% leak-aware), {:.4} GFLOPs, efficiency {:.1} %/GFLOP",
             config.name,
-            summary.best_epoch,
+            summary.weights_in_words(),
             100.0 * summary.val_acc,
             100.0 * summary.test_acc,
             100.0 * summary.test_acc_unseen.unwrap_or(f64::NAN),
