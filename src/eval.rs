@@ -50,8 +50,8 @@ pub fn blur(x: &Tensor, sigma: f64) -> Tensor {
 pub fn input_batches(faces: &Faces, batch_size: usize, device: Device, blur_sigma: f64) -> impl Iterator<Item = Tensor> {
     let (x, _) = faces.tensors();
     let n = faces.len() as i64;
-    let batch = batch_size.max(1) as i64;
-    (0..n).step_by(batch as usize).map(move |start| blur(&normalize(&x.narrow(0, start, batch.min(n - start)).to_device(device)), blur_sigma))
+    let batch = batch_size.max(1);
+    (0..n).step_by(batch).map(move |start| blur(&normalize(&x.narrow(0, start, (batch as i64).min(n - start)).to_device(device)), blur_sigma))
 }
 
 /// The `side` x `side` view of a batch at `(y, x)`, mirrored when `flip`.

@@ -55,6 +55,11 @@ impl AverageScore {
     pub fn last_epoch(&self) -> usize {
         self.first_epoch + self.epochs - 1
     }
+
+    /// "the mean of epochs 76-100", for a sentence.
+    pub fn in_words(&self) -> String {
+        format!("the mean of epochs {}-{}", self.first_epoch, self.last_epoch())
+    }
 }
 
 /// The finished run's record, `summary.json`.
@@ -115,7 +120,7 @@ impl Summary {
     /// The same in words, for a sentence: "best epoch 79" or "the mean of epochs 76-100".
     pub fn weights_in_words(&self) -> String {
         match self.chosen_average() {
-            Some(a) => format!("the mean of epochs {}-{}", a.first_epoch, a.last_epoch()),
+            Some(a) => a.in_words(),
             None => format!("best epoch {}", self.best_epoch),
         }
     }

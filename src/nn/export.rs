@@ -227,10 +227,9 @@ pub fn card_markdown(card: &Card, train_config: &Config) -> String {
             "epochs (best on PublicTest)",
             match &card.average {
                 Some(a) if a.chosen => format!(
-                    "{} (the mean of epochs {}-{}: PublicTest {} against {} for the best epoch, {})",
+                    "{} ({}: PublicTest {} against {} for the best epoch, {})",
                     card.epochs,
-                    a.first_epoch,
-                    a.last_epoch(),
+                    a.in_words(),
                     pct(a.val_acc),
                     pct(a.best_epoch_val_acc),
                     card.best_epoch

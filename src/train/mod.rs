@@ -307,34 +307,32 @@ fn finish(config: &Config, data: &Dataset, dir: &Path, state: &RunState, average
     let average = match average.epochs {
         0 => None,
         epochs => {
-            let first_epoch = state.epochs_done + 1 - epochs;
             let mean = average.model(config, opts.device, &data.split(Split::Training))?;
             let eval = mean.evaluate(&val_faces);
-            let chosen = eval.accuracy > best.val_acc;
+            let score = AverageScore {
+                first_epoch: state.epochs_done + 1 - epochs,
+                epochs,
+                val_acc: eval.accuracy,
+                val_loss: eval.loss,
+                best_epoch_val_acc: best.val_acc,
+                chosen: eval.accuracy > best.val_acc,
+            };
             mean.save(&dir.join("averaged.safetensors"))?;
-            if chosen {
+            if score.chosen {
                 std::fs::copy(dir.join("averaged.safetensors"), dir.join("best.safetensors"))?;
                 val = (eval.accuracy, eval.loss);
             }
             if !opts.quiet {
                 println!(
-                    "mean of the weights of epochs {}-{}: PublicTest {:.2}% against {:.2}% for epoch {}: {}",
-                    first_epoch,
-                    state.epochs_done,
+                    "{} of the weights: PublicTest {:.2}% against {:.2}% for epoch {}: {}",
+                    score.in_words(),
                     100.0 * eval.accuracy,
                     100.0 * best.val_acc,
                     state.best_epoch,
-                    if chosen { "the mean is kept" } else { "the best epoch is kept" }
+                    if score.chosen { "the mean is kept" } else { "the best epoch is kept" }
                 );
             }
-            Some(AverageScore {
-                first_epoch,
-                epochs,
-                val_acc: eval.accuracy,
-                val_loss: eval.loss,
-                best_epoch_val_acc: best.val_acc,
-                chosen,
-            })
+            Some(score)
         }
     };
     let mut model = Trained::load(dir, opts.device)?;
