@@ -3,12 +3,13 @@
 # Tests that need the real data skip (with a message) where ../shared/data/fer2013 is absent.
 set -e
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
-# The browser test drives Debian's Chromium through chromedriver: install them where missing
-# and we may (CI runs as root); without them that test skips with a message.
-if ! command -v chromedriver >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "fer: installing chromium and chromium-driver (Debian packages, for the browser test) ..." >&2
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } >/dev/null 2>&1 \
-        || echo "fer: could not install chromium: the browser test will skip" >&2
+# The browser test drives Debian's Chromium through chromedriver, and the report's PDF is printed
+# by the same Chromium and its pages read back by pdftoppm (poppler-utils): install them where
+# missing and we may (CI runs as root); without them those tests skip with a message.
+if { ! command -v chromedriver >/dev/null 2>&1 || ! command -v pdftoppm >/dev/null 2>&1; } && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "fer: installing chromium, chromium-driver and poppler-utils (Debian packages, for the browser and report tests) ..." >&2
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver poppler-utils; } >/dev/null 2>&1 \
+        || echo "fer: could not install chromium: the browser and PDF tests will skip" >&2
 fi
 cd "$FER_ROOT"
 cargo test --release "$@"

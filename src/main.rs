@@ -85,6 +85,17 @@ enum Command {
         /// Also write the Markdown here (e.g. REPORT.md), its links rebased.
         #[arg(long)]
         copy_to: Option<PathBuf>,
+        /// A MiniJinja template over the records (docs/report/report.md.j2 is the project's);
+        /// without it, the default report of the records given above.
+        #[arg(long)]
+        template: Option<PathBuf>,
+        /// Also print report.pdf beside REPORT.md (needs headless Chromium).
+        #[arg(long)]
+        pdf: bool,
+        /// Render another template over the same records into a file: TEMPLATE=OUTPUT
+        /// (e.g. docs/report/README.md.j2=README.md); repeatable.
+        #[arg(long, value_parser = parse_document)]
+        render: Vec<(PathBuf, PathBuf)>,
     },
     /// Run an ablation: one training run per combination of methods, and its table.
     Ablate {
@@ -134,8 +145,9 @@ enum Command {
         /// more than once, the models are scored as an ensemble (their probabilities averaged).
         #[arg(long)]
         model: Vec<PathBuf>,
-        /// Training, PublicTest (val) or PrivateTest (test).
-        #[arg(long, default_value = "PrivateTest")]
+        /// Training, PublicTest (val) or PrivateTest (test). PublicTest by default: it is the
+        /// split choices are made on; PrivateTest is for a finished model, once, by name.
+        #[arg(long, default_value = "PublicTest")]
         split: String,
         /// Test-time augmentation: the mean of the face and its mirror image (flip, 2 forward
         /// passes), or of ten crops (ten-crop, 10 passes; models trained on crops under 48x48).
@@ -287,6 +299,14 @@ enum DataCommand {
     },
 }
 
+/// `TEMPLATE=OUTPUT` for `fer report --render`.
+fn parse_document(s: &str) -> Result<(PathBuf, PathBuf), String> {
+    match s.split_once('=') {
+        Some((t, o)) if !t.is_empty() && !o.is_empty() => Ok((PathBuf::from(t), PathBuf::from(o))),
+        _ => Err(format!("expected TEMPLATE=OUTPUT (e.g. docs/report/README.md.j2=README.md), got `{s}`")),
+    }
+}
+
 fn device(name: &str) -> anyhow::Result<tch::Device> {
     match name {
         "cpu" => Ok(tch::Device::Cpu),
@@ -330,7 +350,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("record copied to {}", dest.display());
             }
         }
-        Command::Report { baseline, run, ablation, seed_run, data_stats, figure, out, model, copy_to } => {
+        Command::Report { baseline, run, ablation, seed_run, data_stats, figure, out, model, copy_to, template, pdf, render } => {
             let inputs = fer::report::ReportInputs {
                 baseline,
                 runs: run,
@@ -341,9 +361,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 out,
                 models: model,
                 copy_to,
+                template,
+                pdf,
+                documents: render,
+                root: PathBuf::new(),
             };
             let path = fer::report::write(&inputs)?;
-            println!("wrote {} and report.html beside it", path.display());
+            println!("wrote {} and report.html{} beside it", path.display(), if pdf { " and report.pdf" } else { "" });
         }
         Command::Ablate { file, runs, out } => {
             let (ablation, base) = fer::ablate::AblationFile::load(&file)?;

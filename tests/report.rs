@@ -4,6 +4,7 @@ use common::{synthetic, tiny_config};
 use fer::ablate::{AblationFile, Method, Mode};
 use fer::train::{train, TrainOptions};
 use std::collections::BTreeMap;
+use std::path::Path;
 
 #[test]
 fn ablation_then_report_from_run_records() {
@@ -82,6 +83,7 @@ fn ablation_then_report_from_run_records() {
         out: dir.path().join("report"),
         models: vec![model_dir],
         copy_to: Some(dir.path().join("REPORT.md")),
+        ..Default::default()
     };
     let md_path = fer::report::write(&inputs).unwrap();
     let md = std::fs::read_to_string(&md_path).unwrap();
@@ -123,4 +125,157 @@ fn ablation_then_report_from_run_records() {
     let html = std::fs::read_to_string(dir.path().join("report/report.html")).unwrap();
     assert!(html.contains("<table>") && html.contains("data:image/png;base64,"));
     assert!(!html.contains("src=\"pareto.png\""), "images are inlined");
+}
+
+/// The project's records as a template sees them: results/, configs/ and the model cards.
+fn copy_records(to: &Path) {
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy_dir(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), target).unwrap();
+            }
+        }
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    copy_dir(&root.join("results"), &to.join("results"));
+    copy_dir(&root.join("configs"), &to.join("configs"));
+    for model in ["accurate", "small", "tiny", "nano"] {
+        std::fs::create_dir_all(to.join("models").join(model)).unwrap();
+        for file in ["card.json", "config.toml"] {
+            std::fs::copy(root.join("models").join(model).join(file), to.join("models").join(model).join(file)).unwrap();
+        }
+    }
+}
+
+fn project_inputs(root: &Path, out: &Path) -> fer::report::ReportInputs {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    fer::report::ReportInputs {
+        baseline: root.join("results/baseline"),
+        template: Some(manifest.join("docs/report/report.md.j2")),
+        out: out.to_path_buf(),
+        root: root.to_path_buf(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn the_committed_readme_is_what_its_template_renders() {
+    // README.md is rendered from docs/report/README.md.j2 over the records: a hand edit, or a
+    // record changed without re-rendering, fails here (scripts/report.sh renders it again).
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = tempfile::tempdir().unwrap();
+    let readme = out.path().join("README.md");
+    let inputs = fer::report::ReportInputs {
+        documents: vec![(root.join("docs/report/README.md.j2"), readme.clone())],
+        ..project_inputs(root, out.path())
+    };
+    fer::report::write(&inputs).unwrap();
+    let rendered = std::fs::read_to_string(&readme).unwrap();
+    let committed = std::fs::read_to_string(root.join("README.md")).unwrap();
+    // Links are relative to the output's folder: compare with the committed one's.
+    let rendered = rendered.replace(&format!("{}/", fer_rel(root, out.path())), "");
+    assert!(rendered == committed, "README.md is stale: run scripts/report.sh");
+    assert!(committed.lines().count() <= 250, "the README is a front page: {} lines", committed.lines().count());
+}
+
+/// The relative path from `base` to `path`, as the report's links write it.
+fn fer_rel(path: &Path, base: &Path) -> String {
+    let (p, b) = (std::path::absolute(path).unwrap(), std::path::absolute(base).unwrap());
+    let (pc, bc): (Vec<_>, Vec<_>) = (p.components().collect(), b.components().collect());
+    let common = pc.iter().zip(&bc).take_while(|(a, b)| a == b).count();
+    let mut parts: Vec<String> = bc[common..].iter().map(|_| "..".to_string()).collect();
+    parts.extend(pc[common..].iter().map(|c| c.as_os_str().to_string_lossy().into_owned()));
+    parts.join("/")
+}
+
+#[test]
+fn a_changed_record_changes_the_rendered_number() {
+    let root = tempfile::tempdir().unwrap();
+    copy_records(root.path());
+    let out = root.path().join("report");
+    let render = || {
+        fer::report::write(&project_inputs(root.path(), &out)).unwrap();
+        std::fs::read_to_string(out.join("REPORT.md")).unwrap()
+    };
+    let before = render();
+    let card_path = root.path().join("models/tiny/card.json");
+    let mut card: serde_json::Value = serde_json::from_slice(&std::fs::read(&card_path).unwrap()).unwrap();
+    let old = format!("{:.2}%", 100.0 * card["test_acc"].as_f64().unwrap());
+    assert!(before.contains(&format!("**{old}** at")), "the summary states tiny's PrivateTest score");
+    card["test_acc"] = serde_json::json!(0.612345);
+    std::fs::write(&card_path, serde_json::to_vec(&card).unwrap()).unwrap();
+    let after = render();
+    assert!(after.contains("**61.23%** at") && !after.contains(&format!("**{old}** at")), "the new score replaces the old");
+    // The efficiency's worked division uses the new operand.
+    assert!(after.contains("- tiny: 61.2345 / 0.004553344 = "), "the calculation is redone");
+}
+
+#[test]
+fn a_missing_record_fails_with_its_path() {
+    let root = tempfile::tempdir().unwrap();
+    copy_records(root.path());
+    std::fs::remove_file(root.path().join("results/frontier/tiny-ensemble/summary.json")).unwrap();
+    let err = fer::report::write(&project_inputs(root.path(), &root.path().join("report"))).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("tiny-ensemble/summary.json"), "{msg}");
+    assert!(msg.contains("report.md.j2:12"), "the template and line are named: {msg}");
+    // A field the record lacks is an error too, not an empty cell.
+    let template = root.path().join("t.md.j2");
+    std::fs::write(&template, "{{ card(\"models/tiny\").no_such_field }}\n").unwrap();
+    let inputs = fer::report::ReportInputs { template: Some(template), ..project_inputs(root.path(), &root.path().join("r2")) };
+    let msg = format!("{:#}", fer::report::write(&inputs).unwrap_err());
+    assert!(msg.contains("undefined"), "{msg}");
+}
+
+#[test]
+fn the_report_prints_to_a_pdf_whose_pages_are_not_blank() {
+    let have = |tool: &str| std::process::Command::new(tool).arg("-v").output().is_ok();
+    if !have("pdftoppm") || !["chromium", "chromium-browser", "google-chrome"].iter().any(|b| std::process::Command::new(b).arg("--version").output().is_ok()) {
+        println!("SKIPPED the_report_prints_to_a_pdf_whose_pages_are_not_blank: needs chromium and pdftoppm (scripts/test.sh installs them as root)");
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = tempfile::tempdir().unwrap();
+    let inputs = fer::report::ReportInputs { pdf: true, ..project_inputs(root, out.path()) };
+    fer::report::write(&inputs).unwrap();
+    let pdf = out.path().join("report.pdf");
+    let pages = out.path().join("page");
+    let status = std::process::Command::new("pdftoppm").args(["-r", "30", "-png"]).arg(&pdf).arg(&pages).status().unwrap();
+    assert!(status.success());
+    let mut count = 0;
+    for entry in std::fs::read_dir(out.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if !path.file_name().unwrap().to_string_lossy().starts_with("page") {
+            continue;
+        }
+        count += 1;
+        let img = image::open(&path).unwrap().to_luma8();
+        let ink = img.pixels().filter(|p| p.0[0] < 240).count() as f64 / img.pixels().len() as f64;
+        assert!(ink > 0.01, "{} is blank ({ink})", path.display());
+    }
+    assert!((8..=20).contains(&count), "{count} pages");
+    // Numbered figures and tables, cited in the text.
+    let md = std::fs::read_to_string(out.path().join("REPORT.md")).unwrap();
+    assert!(md.contains("*Figure 1.") && md.contains("*Table 1.") && md.contains("(Figure 1)"), "numbered and cited");
+}
+
+#[test]
+fn every_command_the_readme_names_exists() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_fer")).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    let listed: Vec<&str> = help.lines().filter_map(|l| l.trim_start().split_whitespace().next()).collect();
+    let mut named = 0;
+    for line in readme.lines().filter(|l| l.starts_with("| `fer ")) {
+        let command = line["| `fer ".len()..].split([' ', '`']).next().unwrap();
+        assert!(listed.contains(&command), "README names `fer {command}`, which `fer --help` does not list");
+        named += 1;
+    }
+    assert!(named >= 10, "the commands table lists {named} commands");
 }

@@ -98,6 +98,37 @@ fn sequence(layers: &[Layer], mut input: Shape) -> (i64, i64, i64) {
     total
 }
 
+/// fvcore FLOPs and parameters per kind of leaf layer (`conv`, `linear`, `batch_norm`, ...),
+/// looking inside residual blocks and their shortcuts: where a network's cost lies.
+pub fn by_kind(layers: &[Layer], side: i64) -> anyhow::Result<std::collections::BTreeMap<String, (i64, i64)>> {
+    fn walk(layers: &[Layer], mut input: Shape, tally: &mut std::collections::BTreeMap<String, (i64, i64)>) -> anyhow::Result<()> {
+        for layer in layers {
+            let output = super::model::output_shape(layer, input)?;
+            match layer {
+                Layer::Residual { body } => {
+                    walk(body, input, tally)?;
+                    if let Some(proj) = super::model::shortcut(body, input, output) {
+                        walk(&proj, input, tally)?;
+                    }
+                }
+                Layer::Separable { out, kernel, stride } => walk(&super::model::separable(input.channels(), *out, *kernel, *stride), input, tally)?,
+                _ => {
+                    let (fvcore, _, params) = layer_flops(layer, input, output);
+                    let kind = layer.kind();
+                    let kind = if kind.starts_with("conv") { "conv".to_string() } else { kind.split(['(', ' ']).next().unwrap_or(&kind).to_string() };
+                    let entry = tally.entry(kind).or_default();
+                    *entry = (entry.0 + fvcore, entry.1 + params);
+                }
+            }
+            input = output;
+        }
+        Ok(())
+    }
+    let mut tally = std::collections::BTreeMap::new();
+    walk(layers, Shape::input(side), &mut tally)?;
+    Ok(tally)
+}
+
 pub fn count(layers: &[Layer]) -> anyhow::Result<FlopReport> {
     count_at(layers, crate::data::SIDE as i64)
 }

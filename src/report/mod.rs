@@ -4,7 +4,6 @@
 //! `report.html` (images inlined).
 
 use base64::Engine;
-use plotters::prelude::*;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -13,6 +12,12 @@ use crate::eval::Evaluation;
 use crate::nn::export::Card;
 use crate::record::{EpochMetrics, Summary, TtaScore};
 
+mod figures;
+mod pdf;
+mod records;
+mod template;
+
+#[derive(Clone, Debug, Default)]
 pub struct ReportInputs {
     /// The baseline's run record.
     pub baseline: PathBuf,
@@ -30,15 +35,24 @@ pub struct ReportInputs {
     pub models: Vec<PathBuf>,
     /// A second copy of the Markdown (e.g. the repository's REPORT.md), links rebased to it.
     pub copy_to: Option<PathBuf>,
+    /// The template to render (MiniJinja over the records); the default gives the tables and
+    /// figures of the records above.
+    pub template: Option<PathBuf>,
+    /// Also print `report.pdf` (headless Chromium).
+    pub pdf: bool,
+    /// Where the paths a template names start (default: the working directory).
+    pub root: PathBuf,
+    /// Further documents over the same records: (template, output file), e.g. the README.
+    pub documents: Vec<(PathBuf, PathBuf)>,
 }
 
 /// Published reference points for the accuracy-per-FLOP plot: (name, accuracy %, GFLOPs).
 /// GFLOPs are estimates in fvcore's counting, accuracies as published (see the notes).
 pub const ANCHORS: [(&str, f64, f64); 4] = [
-    ("competition baseline (notebook)", 54.6, 0.3275),
+    ("notebook baseline", 54.6, 0.3275),
     ("mini-Xception (random split)", 66.0, 0.0059),
-    ("VGG, Khaireddin & Chen 2021 (1 crop)", 73.28, 0.35),
-    ("Residual Masking Network", 74.14, 15.0),
+    ("VGG (Khaireddin & Chen)", 73.28, 0.35),
+    ("RMN (Pham et al.)", 74.14, 15.0),
 ];
 
 struct Run {
@@ -50,7 +64,9 @@ struct Run {
 }
 
 fn load_run(dir: &Path) -> anyhow::Result<Run> {
-    let summary = serde_json::from_slice(&std::fs::read(dir.join("summary.json")).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?)?;
+    let path = dir.join("summary.json");
+    let bytes = std::fs::read(&path).map_err(|e| anyhow::anyhow!("no run record at {}: {e}", path.display()))?;
+    let summary = serde_json::from_slice(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let test = std::fs::read(dir.join("test_eval.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
     let config = std::fs::read_to_string(dir.join("config.toml")).unwrap_or_default();
     let metrics = std::fs::read_to_string(dir.join("metrics.jsonl"))
@@ -82,88 +98,6 @@ fn private(acc: f64, unseen: Option<f64>) -> String {
     }
 }
 
-/// PublicTest accuracy against cumulative training time, one line per run.
-fn time_plot(path: &Path, runs: &[&Run]) -> anyhow::Result<()> {
-    let series: Vec<(String, Vec<(f64, f64)>)> = runs
-        .iter()
-        .filter(|r| !r.metrics.is_empty())
-        .map(|r| {
-            let mut t = 0.0;
-            let pts = r
-                .metrics
-                .iter()
-                .map(|m| {
-                    t += m.seconds / 60.0;
-                    (t, 100.0 * m.val_acc)
-                })
-                .collect();
-            (format!("{} ({})", r.summary.name, r.summary.device), pts)
-        })
-        .collect();
-    let named: Vec<(&str, Vec<(f64, f64)>)> = series.iter().map(|(n, p)| (n.as_str(), p.clone())).collect();
-    crate::plot::line_chart(path, "PublicTest accuracy against training time", "training time (minutes)", "PublicTest accuracy (%)", &named)
-}
-
-/// Accuracy against GFLOPs (log scale) for the runs and the published anchors.
-fn pareto_plot(path: &Path, runs: &[&Run], shipped: &[Card]) -> anyhow::Result<()> {
-    crate::plot::register_font();
-    // Ablation rows are labelled by their number ("03-test-blur+..." as "03"), which the table names.
-    let short = |n: &str| match n.split_once('-') {
-        Some((num, _)) if num.chars().all(|c| c.is_ascii_digit()) => num.to_string(),
-        _ => n.to_string(),
-    };
-    let pts: Vec<(String, f64, f64)> =
-        runs.iter().map(|r| (short(&r.summary.name), 100.0 * r.summary.test_acc, r.summary.fvcore_flops as f64 / 1e9)).collect();
-    let stars: Vec<(String, f64, f64)> =
-        shipped.iter().map(|c| (format!("{} (shipped, BN folded)", c.name), 100.0 * c.test_acc, c.fvcore_flops as f64 / 1e9)).collect();
-    let all_x = pts.iter().chain(&stars).map(|p| p.2).chain(ANCHORS.iter().map(|a| a.2));
-    let all_y = pts.iter().chain(&stars).map(|p| p.1).chain(ANCHORS.iter().map(|a| a.1));
-    let (x0, x1) = all_x.fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
-    let (y0, y1) = all_y.fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
-    let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption("PrivateTest accuracy vs fvcore GFLOPs (one forward pass)", ("sans-serif", 22))
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(55)
-        .build_cartesian_2d((x0 / 1.6..x1 * 6.0).log_scale(), (y0 - 4.0)..(y1 + 4.0))
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    chart
-        .configure_mesh()
-        .x_desc("GFLOPs (log scale)")
-        .x_label_formatter(&|v| format!("{v}"))
-        .y_desc("accuracy (%)")
-        .label_style(("sans-serif", 14))
-        .draw()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let blue = RGBColor(31, 119, 180);
-    let grey = RGBColor(120, 120, 120);
-    for (name, y, x) in &pts {
-        chart.draw_series([Circle::new((*x, *y), 5, blue.filled())]).map_err(|e| anyhow::anyhow!("{e}"))?;
-        chart
-            .draw_series([Text::new(name.clone(), (*x, *y), ("sans-serif", 12).into_font().color(&blue))])
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-    }
-    let orange = RGBColor(230, 110, 0);
-    for (name, y, x) in &stars {
-        chart.draw_series([Cross::new((*x, *y), 7, orange.stroke_width(3))]).map_err(|e| anyhow::anyhow!("{e}"))?;
-        // Above the cross (the label of the run it was shipped from sits just below it), or under
-        // that label where a published point's label already takes the space above.
-        let anchor_above = ANCHORS.iter().any(|a| (a.2 / x).log10().abs() < 0.3 && (0.0..4.0).contains(&(a.1 - y)));
-        let label_y = if anchor_above { *y - 1.8 } else { *y + 2.2 };
-        chart
-            .draw_series([Text::new(name.clone(), (*x, label_y), ("sans-serif", 13).into_font().color(&orange))])
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-    }
-    for (name, y, x) in ANCHORS {
-        chart.draw_series([TriangleMarker::new((x, y), 6, grey.filled())]).map_err(|e| anyhow::anyhow!("{e}"))?;
-        chart.draw_series([Text::new(name, (x, y), ("sans-serif", 12).into_font().color(&grey))]).map_err(|e| anyhow::anyhow!("{e}"))?;
-    }
-    root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(())
-}
-
 /// One row of the cost table: the scores, the FLOPs and the efficiency worked out.
 #[allow(clippy::too_many_arguments)]
 fn cost_row(md: &mut String, label: &str, val_acc: f64, test_acc: f64, unseen: Option<f64>, flops: i64, params: i64, efficiency: f64) -> std::fmt::Result {
@@ -192,21 +126,51 @@ fn ablation_rows(dir: &Path) -> Vec<PathBuf> {
     rows
 }
 
-/// Writes `REPORT.md` and `report.html` into `inputs.out` (and the copy, if asked for).
+/// The default template: the tables and figures of whatever records it is given.
+pub const DEFAULT_TEMPLATE: &str = include_str!("default.md.j2");
+
+/// The default report's sections, as template functions.
+type Section = fn(&ReportInputs, &Records, &Path) -> anyhow::Result<String>;
+const SECTIONS: [(&str, Section); 6] = [
+    ("data_section", data_section),
+    ("baseline_section", baseline_section),
+    ("changes_section", changes_section),
+    ("cost_section", cost_section),
+    ("time_section", time_section),
+    ("limitations_section", limitations_section),
+];
+
+/// Writes `REPORT.md` and `report.html` into `inputs.out` (the copy, and the PDF, if asked for).
 pub fn write(inputs: &ReportInputs) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(&inputs.out)?;
-    let records = Records::load(inputs)?;
-    pareto_plot(&inputs.out.join("pareto.png"), &records.all(), &records.shipped)?;
-    time_plot(&inputs.out.join("time_to_accuracy.png"), &records.timed())?;
-    let md = render(inputs, &records, &inputs.out)?;
+    let records = std::sync::Arc::new(Records::load(inputs)?);
+    let (name, source) = match &inputs.template {
+        Some(path) => read_template(path)?,
+        None => ("default.md.j2".to_string(), DEFAULT_TEMPLATE.to_string()),
+    };
+    let md = template::render(&name, &source, inputs, records.clone(), &inputs.out)?;
     let md_path = inputs.out.join("REPORT.md");
     crate::data::write_atomic(&md_path, md.as_bytes())?;
-    crate::data::write_atomic(&inputs.out.join("report.html"), html(&md, &inputs.out).as_bytes())?;
+    let page = html(&md, &inputs.out);
+    crate::data::write_atomic(&inputs.out.join("report.html"), page.as_bytes())?;
+    if inputs.pdf {
+        pdf::print(&page, &inputs.out.join("report.pdf"))?;
+    }
     if let Some(copy) = &inputs.copy_to {
         let base = copy.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        crate::data::write_atomic(copy, render(inputs, &records, base)?.as_bytes())?;
+        crate::data::write_atomic(copy, template::render(&name, &source, inputs, records.clone(), base)?.as_bytes())?;
+    }
+    for (path, out) in &inputs.documents {
+        let (name, source) = read_template(path)?;
+        let base = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        crate::data::write_atomic(out, template::render(&name, &source, inputs, records.clone(), base)?.as_bytes())?;
     }
     Ok(md_path)
+}
+
+fn read_template(path: &Path) -> anyhow::Result<(String, String)> {
+    let source = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("report template {}: {e}", path.display()))?;
+    Ok((path.file_name().map_or("template".into(), |n| n.to_string_lossy().into_owned()), source))
 }
 
 fn load_card(dir: &Path) -> anyhow::Result<Card> {
@@ -298,6 +262,13 @@ impl Records {
         std::iter::once(&self.baseline).chain(&self.others).collect()
     }
 
+    /// The baseline and the five runs best on PublicTest among the timed ones: a plot's lines.
+    fn highlighted(&self) -> Vec<&Run> {
+        let mut rest: Vec<&Run> = self.timed().into_iter().skip(1).collect();
+        rest.sort_by(|a, b| b.summary.val_acc.total_cmp(&a.summary.val_acc));
+        std::iter::once(&self.baseline).chain(rest.into_iter().take(5)).collect()
+    }
+
     /// The runs whose training time is worth a line: the baseline, the runs given, and each
     /// ablation's last row.
     fn timed(&self) -> Vec<&Run> {
@@ -364,20 +335,34 @@ impl Noise {
 }
 
 /// The report's Markdown, its links relative to `base`.
-fn render(inputs: &ReportInputs, records: &Records, base: &Path) -> anyhow::Result<String> {
-    let out = base;
-    let Records { baseline, others, ablations, noise, shipped } = records;
-    let all = records.all();
-    // Model choice on PublicTest only.
-    let best = all.iter().copied().max_by(|a, b| a.summary.val_acc.total_cmp(&b.summary.val_acc)).unwrap();
+/// What every section of the default report reads: the records, and the run best on PublicTest.
+struct View<'a> {
+    out: &'a Path,
+    baseline: &'a Run,
+    others: &'a [Run],
+    ablations: &'a [Ablation],
+    noise: &'a Option<Noise>,
+    shipped: &'a [Card],
+    all: Vec<&'a Run>,
+    /// The model choice, on PublicTest only.
+    best: &'a Run,
+    b: &'a Summary,
+}
 
+impl<'a> View<'a> {
+    fn new(records: &'a Records, out: &'a Path) -> View<'a> {
+        let all = records.all();
+        let best = all.iter().copied().max_by(|a, b| a.summary.val_acc.total_cmp(&b.summary.val_acc)).expect("the baseline is always there");
+        let Records { baseline, others, ablations, noise, shipped } = records;
+        View { out, baseline, others, ablations, noise, shipped, all, best, b: &baseline.summary }
+    }
+}
+
+/// The data: counts per class and split, duplicates, sharpness, extra figures.
+#[allow(unused_variables)]
+fn data_section(inputs: &ReportInputs, records: &Records, base: &Path) -> anyhow::Result<String> {
+    let View { out, baseline, others, ablations, noise, shipped, all, best, b } = View::new(records, base);
     let mut md = String::new();
-    let b = &baseline.summary;
-    writeln!(md, "# Facial-expression recognition on FER-2013: report\n")?;
-    writeln!(md, "Generated by `fer report` from run records; every figure below traces to the folder named beside it.\n")?;
-
-    // 1. Task, data, baseline.
-    writeln!(md, "## 1. The task, the data and the baseline\n")?;
     writeln!(md, "FER-2013: 48x48 grayscale faces in 7 classes ({}). Training is used for training, PublicTest for every choice (early stopping, best checkpoint, which model), PrivateTest once per finished model for the reported number.\n", CLASSES.join(", "))?;
     if let Some(stats_path) = &inputs.data_stats {
         let stats: serde_json::Value = serde_json::from_slice(&std::fs::read(stats_path)?)?;
@@ -412,12 +397,26 @@ fn render(inputs: &ReportInputs, records: &Records, base: &Path) -> anyhow::Resu
     for fig in &inputs.figures {
         writeln!(md, "![{}]({})\n", fig.file_stem().unwrap_or_default().to_string_lossy(), rel(fig, out))?;
     }
+    Ok(md)
+}
+
+/// The baseline: its scores, cost and curves.
+#[allow(unused_variables)]
+fn baseline_section(inputs: &ReportInputs, records: &Records, base: &Path) -> anyhow::Result<String> {
+    let View { out, baseline, others, ablations, noise, shipped, all, best, b } = View::new(records, base);
+    let mut md = String::new();
     writeln!(md, "**Baseline** (the notebook's network: 7 conv + 6 linear layers, Adam lr 1e-3, batch 400, 10 epochs, cross-entropy, inputs in [-1, 1]): best PublicTest accuracy {} at epoch {}, PrivateTest {} for that checkpoint ({}); {} FLOPs (fvcore), {} parameters, {:.0} s of training on {} ({} threads, {}). The notebook reported about 54.6% validation accuracy. (Source: `{}`.)\n",
         pct(b.val_acc), b.best_epoch, pct(b.test_acc), b.test_acc_unseen.map_or("no leak-aware score recorded".into(), |u| format!("{} on the faces with no twin in Training", pct(u))), b.fvcore_flops, b.params, b.train_seconds, b.machine, b.threads, b.device, rel(&baseline.dir, out))?;
     writeln!(md, "![baseline accuracy]({}) ![baseline loss]({})\n", rel(&baseline.dir.join("accuracy.png"), out), rel(&baseline.dir.join("loss.png"), out))?;
 
-    // 2. Modifications and the ablation.
-    writeln!(md, "## 2. What was changed, and what each change bought\n")?;
+    Ok(md)
+}
+
+/// The seed noise, every ablation with what each method bought, and the runs beyond it.
+#[allow(unused_variables)]
+fn changes_section(inputs: &ReportInputs, records: &Records, base: &Path) -> anyhow::Result<String> {
+    let View { out, baseline, others, ablations, noise, shipped, all, best, b } = View::new(records, base);
+    let mut md = String::new();
     if ablations.is_empty() {
         writeln!(md, "No ablation was given to this report.\n")?;
     }
@@ -457,8 +456,14 @@ fn render(inputs: &ReportInputs, records: &Records, base: &Path) -> anyhow::Resu
     }
     beyond_the_ablation(&mut md, &others[..inputs.runs.len()], out)?;
 
-    // 3. Cost.
-    writeln!(md, "## 3. Cost and efficiency\n")?;
+    Ok(md)
+}
+
+/// Every run's cost and efficiency, the shipped models, and the accuracy-per-FLOP plot.
+#[allow(unused_variables)]
+fn cost_section(inputs: &ReportInputs, records: &Records, base: &Path) -> anyhow::Result<String> {
+    let View { out, baseline, others, ablations, noise, shipped, all, best, b } = View::new(records, base);
+    let mut md = String::new();
     writeln!(md, "FLOPs are counted as fvcore counts them for one 1x48x48 forward pass in eval mode: one multiply-add is one flop; convolutions count output elements x in-channels/groups x kh x kw, linear layers in x out, batch norm 2 per element, adaptive average pooling 1 per input element; activations, max pooling, dropout and additions count nothing. Efficiency = PrivateTest accuracy in % / GFLOPs.\n")?;
     writeln!(md, "| run | PublicTest | PrivateTest (leak-aware) | FLOPs (fvcore) | params | efficiency calculation |\n|---|---:|---:|---:|---:|---|")?;
     for r in &all {
@@ -503,11 +508,15 @@ fn render(inputs: &ReportInputs, records: &Records, base: &Path) -> anyhow::Resu
     if !shipped.is_empty() {
         writeln!(md, "\nA shipped model is its run with every batch norm folded into the convolution before it (`fer export`): the same function (checked on PublicTest at export, and by a test on random statistics), without the 2 FLOPs per element that fvcore counts for eval-mode batch norm. Its efficiency uses the folded count. A row with TTA is the same weights with test-time augmentation (the face and its mirror image, or ten crops and their mirrors, averaged): each view is one more forward pass, counted in its FLOPs; it is reported apart and never replaces the single pass.")?;
     }
-    let pareto = inputs.out.join("pareto.png");
-    writeln!(md, "\n![accuracy vs GFLOPs]({})\n\nBlue dots are this project's runs (ablation rows by number), orange crosses the shipped models; grey triangles are published reference points, placed by their reported accuracy and an estimate of their fvcore GFLOPs; mini-Xception's 66% is on a random split, not PrivateTest.\n", rel(&pareto, out))?;
 
-    // Time to accuracy.
-    writeln!(md, "### Time to accuracy\n")?;
+    Ok(md)
+}
+
+/// Training time to accuracy: a table and a plot.
+#[allow(unused_variables)]
+fn time_section(inputs: &ReportInputs, records: &Records, base: &Path) -> anyhow::Result<String> {
+    let View { out, baseline, others, ablations, noise, shipped, all, best, b } = View::new(records, base);
+    let mut md = String::new();
     writeln!(md, "| run | device | machine | threads | epochs | median s / epoch | time to the chosen weights | total |\n|---|---|---|---:|---:|---:|---:|---:|")?;
     for r in records.timed() {
         let s = &r.summary;
@@ -517,12 +526,16 @@ fn render(inputs: &ReportInputs, records: &Records, base: &Path) -> anyhow::Resu
         let to_best: f64 = r.metrics.iter().take(s.epochs_to_weights()).map(|m| m.seconds).sum();
         writeln!(md, "| {} | {} | {} | {} | {} | {:.1} | {:.1} min | {:.1} min |", s.name, s.device, s.machine, s.threads, s.epochs, median, to_best / 60.0, s.train_seconds / 60.0)?;
     }
-    let timing = inputs.out.join("time_to_accuracy.png");
     writeln!(md, "\nTimes are wall clock, as recorded: where a run shared the cores with builds, tests or another job, its epochs took longer than its recipe needs alone (the median per epoch resists a few slow epochs, not a whole shared run).\n")?;
-    writeln!(md, "\n![PublicTest accuracy against training time]({})\n", rel(&timing, out))?;
 
-    // 4. Limitations and conclusions.
-    writeln!(md, "## 4. Limitations and conclusions\n")?;
+    Ok(md)
+}
+
+/// Per-class errors, noise, leakage and the conclusion.
+#[allow(unused_variables)]
+fn limitations_section(inputs: &ReportInputs, records: &Records, base: &Path) -> anyhow::Result<String> {
+    let View { out, baseline, others, ablations, noise, shipped, all, best, b } = View::new(records, base);
+    let mut md = String::new();
     if let Some(test) = &best.test {
         let mut by_recall: Vec<usize> = (0..NUM_CLASSES).collect();
         by_recall.sort_by(|&a, &b| test.per_class[a].recall.total_cmp(&test.per_class[b].recall));
@@ -569,6 +582,7 @@ fn render(inputs: &ReportInputs, records: &Records, base: &Path) -> anyhow::Resu
 
     Ok(md)
 }
+
 
 /// A short description of a run's network (and its training precision when not f32), from its config.
 fn network(config: &crate::config::Config) -> String {
@@ -715,7 +729,22 @@ fn html(md: &str, base: &Path) -> String {
     });
     let mut body = String::new();
     pulldown_cmark::html::push_html(&mut body, events);
-    format!(
-        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>FER-2013 report</title><style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto;line-height:1.45}}table{{border-collapse:collapse}}td,th{{border:1px solid #bbb;padding:3px 8px}}img{{max-width:48%}}pre{{background:#f4f4f4;padding:8px}}</style></head><body>\n{body}</body></html>\n"
-    )
+    format!("<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>FER-2013 report</title><style>{STYLE}</style></head><body>\n{body}</body></html>\n")
 }
+
+/// One style for the screen and the printed PDF: A4 pages numbered at the foot, figures and
+/// tables kept whole, wide tables in a smaller type.
+const STYLE: &str = "
+body { font-family: 'DejaVu Serif', Georgia, serif; max-width: 980px; margin: 2em auto; line-height: 1.45; color: #111; }
+h1, h2, h3 { font-family: 'DejaVu Sans', Helvetica, sans-serif; }
+h1 { font-size: 1.7em; } h2 { font-size: 1.35em; margin-top: 1.6em; } h3 { font-size: 1.1em; }
+table { border-collapse: collapse; margin: 0.6em 0 1.2em; font-size: 0.86em; break-inside: avoid; }
+td, th { border: 1px solid #bbb; padding: 2px 6px; }
+th { background: #f0f0f0; }
+img { display: block; max-width: 100%; margin: 0.8em auto 0.2em; break-inside: avoid; }
+p > em:only-child { display: block; font-size: 0.9em; color: #333; }
+pre { background: #f4f4f4; padding: 8px; font-size: 0.8em; white-space: pre-wrap; }
+code { font-size: 0.9em; }
+@page { size: A4; margin: 16mm 14mm 18mm; @bottom-center { content: counter(page); font-family: sans-serif; font-size: 9pt; } }
+@media print { body { max-width: none; margin: 0; font-size: 10.5pt; } h2 { break-after: avoid; } table { font-size: 8.5pt; } }
+";
