@@ -261,7 +261,7 @@ fn the_report_prints_to_a_pdf_whose_pages_are_not_blank() {
     assert!((8..=20).contains(&count), "{count} pages");
     // Numbered figures and tables, cited in the text.
     let md = std::fs::read_to_string(out.path().join("REPORT.md")).unwrap();
-    assert!(md.contains("*Figure 1.") && md.contains("*Table 1.") && md.contains("(Figure 1)"), "numbered and cited");
+    assert!(md.contains("*Figure 1.") && md.contains("<em>Table 1.</em>") && md.contains("(Figure 1)"), "numbered and cited");
 }
 
 #[test]

@@ -741,8 +741,8 @@ h1 { font-size: 1.7em; } h2 { font-size: 1.35em; margin-top: 1.6em; } h3 { font-
 table { border-collapse: collapse; margin: 0.6em 0 1.2em; font-size: 0.86em; break-inside: avoid; }
 td, th { border: 1px solid #bbb; padding: 2px 6px; }
 th { background: #f0f0f0; }
-img { display: block; max-width: 100%; margin: 0.8em auto 0.2em; break-inside: avoid; }
-p > em:only-child { display: block; font-size: 0.9em; color: #333; }
+img { display: block; max-width: 100%; margin: 0.8em auto 0.2em; break-inside: avoid; break-after: avoid; }
+.caption { font-size: 0.9em; break-after: avoid; margin-bottom: 0.2em; }
 pre { background: #f4f4f4; padding: 8px; font-size: 0.8em; white-space: pre-wrap; }
 code { font-size: 0.9em; }
 @page { size: A4; margin: 16mm 14mm 18mm; @bottom-center { content: counter(page); font-family: sans-serif; font-size: 9pt; } }

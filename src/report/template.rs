@@ -78,6 +78,20 @@ impl Scope {
     }
 }
 
+/// `code` spans as HTML, for captions written as raw HTML (where Markdown is not read).
+fn inline_code(text: &str) -> String {
+    let mut out = String::new();
+    for (i, part) in text.split('`').enumerate() {
+        let escaped = part.replace('&', "&amp;").replace('<', "&lt;");
+        if i % 2 == 1 {
+            out += &format!("<code>{escaped}</code>");
+        } else {
+            out += &escaped;
+        }
+    }
+    out
+}
+
 fn percent(v: f64) -> String {
     format!("{:.2}%", 100.0 * v)
 }
@@ -181,7 +195,8 @@ pub fn environment(inputs: &ReportInputs, records: Arc<super::Records>, base: &P
     let s = scope.clone();
     env.add_function("table", move |id: String, caption: String| -> Result<String, Error> {
         let n = s.numbering.lock().unwrap().number(&id, "Table")?;
-        Ok(format!("*Table {n}. {caption}*\n"))
+        // Raw HTML, so print CSS can keep the caption on the page of its table.
+        Ok(format!("<p class=\"caption\"><em>Table {n}.</em> {}</p>\n", inline_code(&caption)))
     });
     let s = scope.clone();
     env.add_function("ref", move |id: String| -> Result<String, Error> {
