@@ -217,6 +217,7 @@ impl Config {
         config.layers()?;
         anyhow::ensure!(config.train.batch_size > 0 && config.train.eval_batch_size > 0, "batch sizes must be positive");
         let t = &config.train;
+        anyhow::ensure!(t.epochs > 0, "epochs must be at least 1");
         anyhow::ensure!((0.0..=1.0).contains(&t.distill_weight), "distill_weight {} must be between 0 and 1", t.distill_weight);
         anyhow::ensure!(t.eval_blur >= 0.0 && t.eval_blur_choices.iter().all(|&s| s >= 0.0), "blur sigmas must not be negative");
         anyhow::ensure!(t.average_from <= t.epochs, "average_from {} is past the last epoch ({})", t.average_from, t.epochs);

@@ -75,6 +75,9 @@ fn stats_export_train_eval_predict_end_to_end() {
     assert_eq!(eval["accuracy"], summary["test_acc"]);
     assert_eq!(eval["samples"], 70);
     assert!(d.join("cm.png").is_file());
+    // A bare `fer eval` scores PublicTest, the split choices are made on: PrivateTest only by name.
+    let bare: serde_json::Value = serde_json::from_str(&stdout(&fer(d, &["--data", csv, "eval", "--model", "runs/tiny", "--json"]))).unwrap();
+    assert_eq!(bare["accuracy"], summary["val_acc"], "the default split is PublicTest");
     // With the mirror image averaged in: two forward passes, each counted.
     let o = fer(d, &["--data", csv, "eval", "--model", "runs/tiny", "--split", "test", "--tta", "flip", "--json"]);
     let flipped: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();

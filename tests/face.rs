@@ -238,3 +238,12 @@ fn large_photos_are_searched_smaller_and_answered_in_their_own_pixels() {
         .count();
     assert!(matched >= 25, "{matched} of {} faces sit where the original's are", faces.len());
 }
+
+#[test]
+fn calibrating_on_no_faces_is_an_error_not_a_panic() {
+    let detector = FaceDetector::new(DetectorOptions::default()).unwrap();
+    let data = common::synthetic([4, 2, 2], 3);
+    let bar = indicatif::ProgressBar::hidden();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fer::face::frame::calibrate(&data, fer::data::Split::PublicTest, 0, &detector, &bar).map(|_| ())));
+    assert!(matches!(&result, Ok(Err(e)) if e.to_string().contains("--faces")), "{:?}", result.as_ref().map(|r| r.as_ref().map_err(|e| e.to_string())));
+}

@@ -270,3 +270,20 @@ fn bf16_mixed_precision_trains_and_evaluates_in_f32() {
         out.sum(tch::Kind::Float).backward();
     }
 }
+
+#[test]
+fn zero_counts_and_strides_are_config_errors_not_panics() {
+    let base = "name = \"z\"\n[model.convnet]\nwidths = [8, 16]\nattention = \"se\"\nreduction = 4\n[train]\nepochs = 2\n";
+    assert!(Config::parse(base).is_ok());
+    for (from, to, says) in [
+        ("epochs = 2", "epochs = 0", "epochs"),
+        ("reduction = 4", "reduction = 0", "reduction"),
+        ("widths = [8, 16]", "widths = [8, 16]\nstem_stride = 0", "stride"),
+    ] {
+        let err = Config::parse(&base.replace(from, to)).expect_err(to).to_string();
+        assert!(err.contains(says), "{to}: {err}");
+    }
+    let layers = "name = \"z\"\n[model]\nlayers = [{ type = \"conv\", out = 8, groups = 0 }, { type = \"global_avg_pool\" }, { type = \"linear\", out = 7 }]\n";
+    let err = std::panic::catch_unwind(|| Config::parse(layers).map_err(|e| e.to_string()));
+    assert!(matches!(&err, Ok(Err(e)) if e.contains("groups")), "groups = 0: {err:?}");
+}

@@ -120,6 +120,7 @@ pub fn calibrate(data: &Dataset, split: Split, faces: usize, detector: &FaceDete
     let (upscale, margin) = (4, 0.5);
     let idx = data.indices(split);
     anyhow::ensure!(!idx.is_empty(), "no {split} faces to calibrate on");
+    anyhow::ensure!(faces > 0, "--faces must be at least 1");
     let step = (idx.len() / faces.max(1)).max(1);
     let picks: Vec<usize> = idx.iter().step_by(step).take(faces).copied().collect();
     progress.set_length(picks.len() as u64);

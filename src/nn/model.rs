@@ -209,6 +209,7 @@ pub fn output_shape(layer: &Layer, input: Shape) -> anyhow::Result<Shape> {
     use Shape::*;
     Ok(match (layer, input) {
         (Layer::Conv { out, kernel, stride, padding, groups, .. }, Map { c, h, w }) => {
+            anyhow::ensure!(*stride > 0 && *groups > 0 && *kernel > 0 && *out > 0, "conv: stride, groups, kernel and out must be at least 1");
             anyhow::ensure!(c % groups == 0 && out % groups == 0, "conv groups {groups} must divide {c} in and {out} out channels");
             let p = padding.unwrap_or(kernel / 2);
             let shape = Map { c: *out, h: pooled(h, *kernel, *stride, p), w: pooled(w, *kernel, *stride, p) };
@@ -217,10 +218,12 @@ pub fn output_shape(layer: &Layer, input: Shape) -> anyhow::Result<Shape> {
         }
         (Layer::MaxPool { kernel, stride } | Layer::AvgPool { kernel, stride }, Map { c, h, w }) => {
             let s = stride.unwrap_or(*kernel);
+            anyhow::ensure!(*kernel > 0 && s > 0, "pool: kernel and stride must be at least 1");
             anyhow::ensure!(h >= *kernel && w >= *kernel, "pool {kernel}x{kernel} does not fit a {h}x{w} map");
             Map { c, h: pooled(h, *kernel, s, 0), w: pooled(w, *kernel, s, 0) }
         }
         (Layer::Separable { out, kernel, stride }, s @ Map { c, .. }) => {
+            anyhow::ensure!(*stride > 0 && *kernel > 0 && *out > 0, "separable: stride, kernel and out must be at least 1");
             let dw = output_shape(&Layer::conv_nb(c, *kernel, *stride, c), s)?;
             output_shape(&Layer::conv_nb(*out, 1, 1, 1), dw)?
         }
@@ -235,6 +238,7 @@ pub fn output_shape(layer: &Layer, input: Shape) -> anyhow::Result<Shape> {
             shape
         }
         (Layer::Se { reduction } | Layer::Cbam { reduction, .. }, s @ Map { c, .. }) => {
+            anyhow::ensure!(*reduction > 0, "attention reduction must be at least 1");
             anyhow::ensure!(c / reduction >= 1, "attention reduction {reduction} leaves no channels of {c}");
             s
         }
