@@ -359,9 +359,8 @@ impl<'a> View<'a> {
 }
 
 /// The data: counts per class and split, duplicates, sharpness, extra figures.
-#[allow(unused_variables)]
 fn data_section(inputs: &ReportInputs, records: &Records, base: &Path) -> anyhow::Result<String> {
-    let View { out, baseline, others, ablations, noise, shipped, all, best, b } = View::new(records, base);
+    let View { out, .. } = View::new(records, base);
     let mut md = String::new();
     writeln!(md, "FER-2013: 48x48 grayscale faces in 7 classes ({}). Training is used for training, PublicTest for every choice (early stopping, best checkpoint, which model), PrivateTest once per finished model for the reported number.\n", CLASSES.join(", "))?;
     if let Some(stats_path) = &inputs.data_stats {
@@ -401,9 +400,8 @@ fn data_section(inputs: &ReportInputs, records: &Records, base: &Path) -> anyhow
 }
 
 /// The baseline: its scores, cost and curves.
-#[allow(unused_variables)]
-fn baseline_section(inputs: &ReportInputs, records: &Records, base: &Path) -> anyhow::Result<String> {
-    let View { out, baseline, others, ablations, noise, shipped, all, best, b } = View::new(records, base);
+fn baseline_section(_inputs: &ReportInputs, records: &Records, base: &Path) -> anyhow::Result<String> {
+    let View { out, baseline, b, .. } = View::new(records, base);
     let mut md = String::new();
     writeln!(md, "**Baseline** (the notebook's network: 7 conv + 6 linear layers, Adam lr 1e-3, batch 400, 10 epochs, cross-entropy, inputs in [-1, 1]): best PublicTest accuracy {} at epoch {}, PrivateTest {} for that checkpoint ({}); {} FLOPs (fvcore), {} parameters, {:.0} s of training on {} ({} threads, {}). The notebook reported about 54.6% validation accuracy. (Source: `{}`.)\n",
         pct(b.val_acc), b.best_epoch, pct(b.test_acc), b.test_acc_unseen.map_or("no leak-aware score recorded".into(), |u| format!("{} on the faces with no twin in Training", pct(u))), b.fvcore_flops, b.params, b.train_seconds, b.machine, b.threads, b.device, rel(&baseline.dir, out))?;
@@ -413,9 +411,8 @@ fn baseline_section(inputs: &ReportInputs, records: &Records, base: &Path) -> an
 }
 
 /// The seed noise, every ablation with what each method bought, and the runs beyond it.
-#[allow(unused_variables)]
 fn changes_section(inputs: &ReportInputs, records: &Records, base: &Path) -> anyhow::Result<String> {
-    let View { out, baseline, others, ablations, noise, shipped, all, best, b } = View::new(records, base);
+    let View { out, others, ablations, noise, .. } = View::new(records, base);
     let mut md = String::new();
     if ablations.is_empty() {
         writeln!(md, "No ablation was given to this report.\n")?;
@@ -460,9 +457,8 @@ fn changes_section(inputs: &ReportInputs, records: &Records, base: &Path) -> any
 }
 
 /// Every run's cost and efficiency, the shipped models, and the accuracy-per-FLOP plot.
-#[allow(unused_variables)]
-fn cost_section(inputs: &ReportInputs, records: &Records, base: &Path) -> anyhow::Result<String> {
-    let View { out, baseline, others, ablations, noise, shipped, all, best, b } = View::new(records, base);
+fn cost_section(_inputs: &ReportInputs, records: &Records, base: &Path) -> anyhow::Result<String> {
+    let View { baseline, shipped, all, best, b, .. } = View::new(records, base);
     let mut md = String::new();
     writeln!(md, "FLOPs are counted as fvcore counts them for one 1x48x48 forward pass in eval mode: one multiply-add is one flop; convolutions count output elements x in-channels/groups x kh x kw, linear layers in x out, batch norm 2 per element, adaptive average pooling 1 per input element; activations, max pooling, dropout and additions count nothing. Efficiency = PrivateTest accuracy in % / GFLOPs.\n")?;
     writeln!(md, "| run | PublicTest | PrivateTest (leak-aware) | FLOPs (fvcore) | params | efficiency calculation |\n|---|---:|---:|---:|---:|---|")?;
@@ -513,9 +509,7 @@ fn cost_section(inputs: &ReportInputs, records: &Records, base: &Path) -> anyhow
 }
 
 /// Training time to accuracy: a table and a plot.
-#[allow(unused_variables)]
-fn time_section(inputs: &ReportInputs, records: &Records, base: &Path) -> anyhow::Result<String> {
-    let View { out, baseline, others, ablations, noise, shipped, all, best, b } = View::new(records, base);
+fn time_section(_inputs: &ReportInputs, records: &Records, _base: &Path) -> anyhow::Result<String> {
     let mut md = String::new();
     writeln!(md, "| run | device | machine | threads | epochs | median s / epoch | time to the chosen weights | total |\n|---|---|---|---:|---:|---:|---:|---:|")?;
     for r in records.timed() {
@@ -532,9 +526,8 @@ fn time_section(inputs: &ReportInputs, records: &Records, base: &Path) -> anyhow
 }
 
 /// Per-class errors, noise, leakage and the conclusion.
-#[allow(unused_variables)]
-fn limitations_section(inputs: &ReportInputs, records: &Records, base: &Path) -> anyhow::Result<String> {
-    let View { out, baseline, others, ablations, noise, shipped, all, best, b } = View::new(records, base);
+fn limitations_section(_inputs: &ReportInputs, records: &Records, base: &Path) -> anyhow::Result<String> {
+    let View { out, noise, shipped, best, b, .. } = View::new(records, base);
     let mut md = String::new();
     if let Some(test) = &best.test {
         let mut by_recall: Vec<usize> = (0..NUM_CLASSES).collect();

@@ -92,10 +92,6 @@ fn inline_code(text: &str) -> String {
     out
 }
 
-fn percent(v: f64) -> String {
-    format!("{:.2}%", 100.0 * v)
-}
-
 /// 327505392 -> "327,505,392".
 fn thousands(v: i64) -> String {
     let digits = v.unsigned_abs().to_string();
@@ -131,7 +127,7 @@ pub fn environment(inputs: &ReportInputs, records: Arc<super::Records>, base: &P
     let scope = Arc::new(Scope { inputs: inputs.clone(), base: base.to_path_buf(), numbering, records });
 
     // Number formats. Fractions (0.7267) print as percentages; differences as signed points.
-    env.add_filter("pct", |v: Value| -> Result<String, Error> { Ok(percent(number(&v)?)) });
+    env.add_filter("pct", |v: Value| -> Result<String, Error> { Ok(super::pct(number(&v)?)) });
     env.add_filter("pc", |v: Value| -> Result<String, Error> { Ok(format!("{:.2}", 100.0 * number(&v)?)) });
     env.add_filter("pp", |v: Value| -> Result<String, Error> { Ok(format!("{:+.2}", 100.0 * number(&v)?)) });
     env.add_filter("num", |v: Value| -> Result<String, Error> { Ok(thousands(number(&v)?.round() as i64)) });
@@ -176,8 +172,7 @@ pub fn environment(inputs: &ReportInputs, records: Arc<super::Records>, base: &P
     let s = scope.clone();
     env.add_function("ablation", move |path: String| value(records::ablation_value(&s.at(&path))));
     // The records given on the command line, for the default template.
-    let s = scope.clone();
-    env.add_global("inputs", Value::from_serialize(records::inputs_value(&s.inputs)));
+    env.add_global("inputs", Value::from_serialize(records::inputs_value(&scope.inputs)));
 
     let s = scope.clone();
     env.add_function("all_runs", move || s.records.all().iter().map(|r| r.dir.display().to_string()).collect::<Vec<_>>());
