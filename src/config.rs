@@ -124,7 +124,12 @@ pub enum OptimizerKind {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
+    /// Epochs to train; with a time budget, the most it may train.
     pub epochs: usize,
+    /// Train to wall time instead (minutes, 0 = off): the schedule is laid over the budget, so
+    /// it ends where the budget does on any machine (or at `epochs`, if that comes first).
+    /// Every PublicTest evaluation counts against it.
+    pub time_budget_minutes: f64,
     pub batch_size: usize,
     pub optimizer: OptimizerKind,
     pub lr: f64,
@@ -169,6 +174,14 @@ pub struct TrainConfig {
     /// each epoch's end is kept; when the run ends it is scored on PublicTest, its batch-norm
     /// statistics recomputed over Training, and takes the best epoch's place if it does better.
     pub average_from: usize,
+    /// An exponential moving average of the weights, updated after every step with this decay
+    /// (0 = off; 0.99 averages over about 100 steps). Each epoch scores it on PublicTest beside
+    /// the weights themselves, and the better of the two is that epoch's candidate.
+    pub ema_decay: f64,
+    /// Progressive resizing: the faces are seen smaller early in training, where an epoch costs
+    /// less (`{ start = 32, until = 0.5 }`: from 32x32 to `input_size` by half the run).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progressive_resize: Option<ProgressiveResize>,
     /// Softmax temperature of the distillation term.
     pub distill_temperature: f64,
     /// Weight of the distillation term; the label loss gets 1 minus this.
@@ -180,6 +193,7 @@ impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
             epochs: 10,
+            time_budget_minutes: 0.0,
             batch_size: 400,
             optimizer: OptimizerKind::Adam,
             lr: 1e-3,
@@ -200,9 +214,29 @@ impl Default for TrainConfig {
             precision: Precision::F32,
             teacher: None,
             average_from: 0,
+            ema_decay: 0.0,
+            progressive_resize: None,
             distill_temperature: 4.0,
             distill_weight: 0.5,
         }
+    }
+}
+
+/// Training faces resized from `start` pixels square, growing linearly to the input size over
+/// the first `until` of the run (by progress: epochs, or time with a budget).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProgressiveResize {
+    pub start: usize,
+    pub until: f64,
+}
+
+impl ProgressiveResize {
+    /// The side at `fraction` of the run, in steps of 4 pixels, for inputs of `side`.
+    pub fn side_at(&self, fraction: f64, side: usize) -> usize {
+        let t = if self.until > 0.0 { (fraction / self.until).clamp(0.0, 1.0) } else { 1.0 };
+        let grown = self.start as f64 + (side as f64 - self.start as f64) * t;
+        ((grown / 4.0).round() as usize * 4).clamp(self.start.min(side), side)
     }
 }
 
@@ -221,6 +255,17 @@ impl Config {
         anyhow::ensure!((0.0..=1.0).contains(&t.distill_weight), "distill_weight {} must be between 0 and 1", t.distill_weight);
         anyhow::ensure!(t.eval_blur >= 0.0 && t.eval_blur_choices.iter().all(|&s| s >= 0.0), "blur sigmas must not be negative");
         anyhow::ensure!(t.average_from <= t.epochs, "average_from {} is past the last epoch ({})", t.average_from, t.epochs);
+        anyhow::ensure!(t.time_budget_minutes >= 0.0 && t.time_budget_minutes.is_finite(), "time_budget_minutes must be a positive number of minutes (or 0 for none)");
+        anyhow::ensure!((0.0..1.0).contains(&t.ema_decay), "ema_decay {} must be at least 0 and below 1", t.ema_decay);
+        if let Some(r) = t.progressive_resize {
+            anyhow::ensure!(
+                (8..=t.input_size).contains(&r.start) && (0.0..=1.0).contains(&r.until),
+                "progressive_resize: start {} must be between 8 and input_size ({}), until {} between 0 and 1",
+                r.start,
+                t.input_size,
+                r.until
+            );
+        }
         anyhow::ensure!(t.distill_temperature > 0.0, "distill_temperature must be positive");
         anyhow::ensure!(t.teacher.as_ref().is_none_or(|t| !t.paths().is_empty()), "teacher: an empty list; leave it out to train without one");
         Ok(config)
@@ -253,7 +298,19 @@ impl Config {
         let side = self.train.input_size;
         anyhow::ensure!((8..=48).contains(&side), "input_size {side} must be between 8 and 48");
         self.train.tta.check_input(side)?;
-        crate::nn::model::shapes_at(&layers, side as i64)?;
+        let shapes = crate::nn::model::shapes_at(&layers, side as i64)?;
+        if let Some(r) = self.train.progressive_resize.filter(|r| (8..side).contains(&r.start)) {
+            // Smaller faces must reach the first linear layer as the same number of features.
+            let small = crate::nn::model::shapes_at(&layers, r.start as i64);
+            let same_features = small.is_ok_and(|small| {
+                small.iter().zip(&shapes).all(|((a, _), (b, _))| !matches!(b, crate::nn::model::Shape::Flat(_)) || a == b)
+            });
+            anyhow::ensure!(
+                same_features,
+                "progressive_resize: this network cannot take {0}x{0} faces the way it takes {side}x{side} ones (it needs global pooling before its linear layers)",
+                r.start
+            );
+        }
         Ok(layers)
     }
 }

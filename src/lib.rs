@@ -3,7 +3,7 @@
 //! Data flows one way: `config` and `data` at the bottom, `record` (run records) above them and
 //! below everything else, `nn` (networks, their FLOPs, folding, export and ONNX), `train` (the
 //! loop, losses, optimizers, augmentation), `eval` (trained models loaded and scored), then what
-//! uses them: `stats`, `plot`, `ablate` and `report` for the competition, and the face pipeline
+//! uses them: `stats`, `plot`, `ablate`, `report` and `pipeline` (the main job) for the competition, and the face pipeline
 //! (`face`, `media`) behind `predict` and `serve`.
 
 pub mod ablate;
@@ -14,6 +14,7 @@ pub mod eval;
 pub mod face;
 pub mod media;
 pub mod nn;
+pub mod pipeline;
 pub mod plot;
 pub mod predict;
 pub mod progress;

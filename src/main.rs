@@ -180,9 +180,13 @@ enum Command {
         /// Images (any common format), videos (through ffmpeg), folders (searched recursively),
         /// or `-` for an image on standard input.
         inputs: Vec<PathBuf>,
-        /// Instead of inputs: this many random PrivateTest faces, drawn into a PNG grid.
+        /// Instead of inputs: this many random test faces, drawn into a PNG grid.
         #[arg(long, conflicts_with = "inputs")]
         random: Option<usize>,
+        /// The split --random draws from: PublicTest, or PrivateTest by name (scored once per
+        /// finished model: looking at it is for the end).
+        #[arg(long, default_value = "PublicTest", requires = "random")]
+        split: String,
         #[arg(long)]
         model: Option<PathBuf>,
         /// Each image is one face, already cropped: no detection (automatic for 48x48 grayscale).
@@ -215,10 +219,22 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
-    /// The main job: data stats, train the baseline (or resume it), evaluate, count FLOPs, predict.
+    /// The main job, about 15 minutes: data analysed, the notebook's baseline (its committed
+    /// record), the speedrun model trained to 10 minutes, PrivateTest once each, FLOPs and
+    /// efficiency, predictions, the report. Killed, a rerun continues.
     Pipeline {
+        /// The notebook's baseline recipe (trained only with --retrain-baseline).
         #[arg(long, default_value = "configs/baseline.toml")]
-        config: PathBuf,
+        baseline: PathBuf,
+        /// The baseline's committed record, reused by default.
+        #[arg(long, default_value = "results/baseline")]
+        baseline_record: PathBuf,
+        /// Train the baseline again instead (about an hour on 2 cores).
+        #[arg(long)]
+        retrain_baseline: bool,
+        /// The model trained to a time budget.
+        #[arg(long, default_value = "configs/speedrun.toml")]
+        speedrun: PathBuf,
         #[arg(long, default_value = "runs")]
         runs: PathBuf,
     },
@@ -489,13 +505,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 print_onnx_check(&out, data.as_ref())?;
             }
         }
-        Command::Predict { inputs, random, model, no_detect, min_face, format, json, csv, annotate, every, every_seconds, out, seed } => {
+        Command::Predict { inputs, random, split, model, no_detect, min_face, format, json, csv, annotate, every, every_seconds, out, seed } => {
             let dir = model.map_or_else(fer::predict::default_model, Ok)?;
             let trained = Trained::load(&dir, tch::Device::Cpu)?;
             if let Some(n) = random {
+                let split = Split::parse(&split).ok_or_else(|| anyhow::anyhow!("unknown split `{split}`"))?;
                 let data = fer::data::load(&cli.data)?;
-                let acc = fer::predict::random_grid(&trained, &data, Split::PrivateTest, n, seed, &out)?;
-                println!("{n} random PrivateTest faces, {:.0}% right: {}", 100.0 * acc, out.display());
+                let acc = fer::predict::random_grid(&trained, &data, split, n, seed, &out)?;
+                println!("{n} random {split} faces, {:.0}% right: {}", 100.0 * acc, out.display());
                 return Ok(());
             }
             let options = fer::face::detect::DetectorOptions { min_face, ..Default::default() };
@@ -509,28 +526,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let opts = fer::predict::PredictOptions { detect: !no_detect, format, annotate, sampling, quiet: false };
             fer::predict::run(&pipeline, &inputs, &opts)?;
         }
-        Command::Pipeline { config, runs } => {
-            let cfg = Config::load(&config)?;
-            let data = fer::data::load(&cli.data)?;
-            println!("== data\n{}", fer::stats::write(&data, &runs.join("data"), 8)?.text());
-            println!("== train {}", cfg.name);
-            let resume = runs.join(&cfg.name).join("last.json").exists();
-            let opts = TrainOptions { runs_dir: runs.clone(), resume, ..Default::default() };
-            let summary = train(&cfg, &data, &opts)?;
-            let dir = runs.join(&cfg.name);
-            println!("== PrivateTest evaluation of the best-on-PublicTest checkpoint");
-            println!("{}", std::fs::read_to_string(dir.join("test_eval.txt"))?);
-            println!("== FLOPs");
-            fer::nn::flops::print(&dir.to_string_lossy(), false)?;
-            let trained = Trained::load(&dir, tch::Device::Cpu)?;
-            fer::predict::random_grid(&trained, &data, Split::PrivateTest, 32, 0, &dir.join("predictions.png"))?;
-            println!(
-                "\n{}: PrivateTest {:.2}%, efficiency {:.1} %/GFLOP; curves, confusion matrix and predictions in {}/",
-                cfg.name,
-                100.0 * summary.test_acc,
-                summary.efficiency,
-                dir.display()
-            );
+        Command::Pipeline { baseline, baseline_record, retrain_baseline, speedrun, runs } => {
+            let opts = fer::pipeline::PipelineOptions { data: cli.data.clone(), baseline, baseline_record, retrain_baseline, speedrun, runs };
+            fer::pipeline::run(&opts)?;
         }
         Command::Bench { mode, model, batch, steps, warmup, batches, precision } => {
             let args = fer::bench::BenchArgs { mode, model, batch, steps, warmup, batches, data: cli.data.clone(), precision };

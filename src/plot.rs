@@ -28,22 +28,25 @@ pub fn training_curves(dir: &Path, history: &[EpochMetrics]) -> anyhow::Result<(
     if history.is_empty() {
         return Ok(());
     }
-    let epochs: Vec<f64> = history.iter().map(|m| m.epoch as f64).collect();
-    let pick = |f: fn(&EpochMetrics) -> f64| -> Vec<(f64, f64)> { epochs.iter().copied().zip(history.iter().map(f)).collect() };
-    line_chart(
-        &dir.join("accuracy.png"),
-        "Accuracy",
-        "epoch",
-        "accuracy (%)",
-        &[("train", pick(|m| 100.0 * m.train_acc)), ("validation (PublicTest)", pick(|m| 100.0 * m.val_acc))],
-    )?;
-    line_chart(
-        &dir.join("loss.png"),
-        "Cross-entropy loss",
-        "epoch",
-        "loss",
-        &[("train", pick(|m| m.train_loss)), ("validation (PublicTest)", pick(|m| m.val_loss))],
-    )
+    // A last epoch cut short by a time budget ends where it stopped.
+    let epochs: Vec<f64> = history.iter().map(|m| m.epoch as f64 - 1.0 + m.fraction.unwrap_or(1.0)).collect();
+    let pick = |f: &dyn Fn(&EpochMetrics) -> Option<f64>| -> Vec<(f64, f64)> {
+        epochs.iter().copied().zip(history.iter().map(f)).filter_map(|(x, y)| y.map(|y| (x, y))).collect()
+    };
+    let mut accuracy = vec![
+        ("Training (augmented, while it trains)", pick(&|m| Some(100.0 * m.train_acc))),
+        ("PublicTest", pick(&|m| Some(100.0 * m.val_acc))),
+    ];
+    let mut loss = vec![
+        ("training objective (as configured: smoothed, distilled)", pick(&|m| Some(m.train_loss))),
+        ("PublicTest cross-entropy", pick(&|m| Some(m.val_loss))),
+    ];
+    if history.iter().any(|m| m.ema_val_acc.is_some()) {
+        accuracy.push(("PublicTest, weight EMA", pick(&|m| m.ema_val_acc.map(|a| 100.0 * a))));
+        loss.push(("PublicTest cross-entropy, weight EMA", pick(&|m| m.ema_val_loss)));
+    }
+    line_chart(&dir.join("accuracy.png"), "Accuracy", "epoch", "accuracy (%)", &accuracy)?;
+    line_chart(&dir.join("loss.png"), "Loss", "epoch", "loss", &loss)
 }
 
 const PALETTE: [RGBColor; 6] = [

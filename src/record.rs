@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::Tta;
 
 /// One line of `metrics.jsonl`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct EpochMetrics {
     pub epoch: usize,
     pub train_loss: f64,
@@ -15,7 +15,19 @@ pub struct EpochMetrics {
     pub val_loss: f64,
     pub val_acc: f64,
     pub lr: f64,
+    /// Wall time of the epoch, its PublicTest evaluations included.
     pub seconds: f64,
+    /// Of which the PublicTest evaluations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_seconds: Option<f64>,
+    /// The weight EMA (`ema_decay`) on PublicTest at the epoch's end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ema_val_acc: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ema_val_loss: Option<f64>,
+    /// The share of Training the epoch saw, where a time budget ended it early.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fraction: Option<f64>,
 }
 
 /// Both test splits scored with test-time augmentation, reported apart from the single pass:
@@ -97,6 +109,10 @@ pub struct Summary {
     /// best epoch; where `chosen`, it is the model the scores and the weights are of.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub average: Option<AverageScore>,
+    /// The scores are of the weight EMA (`ema_decay`) at the best epoch, which did better on
+    /// PublicTest than the weights themselves.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ema: bool,
     pub train_seconds: f64,
     pub threads: i32,
     pub device: String,
@@ -113,6 +129,7 @@ impl Summary {
     pub fn weights(&self) -> String {
         match self.chosen_average() {
             Some(a) => format!("mean of {}-{}", a.first_epoch, a.last_epoch()),
+            None if self.ema => format!("EMA at {}", self.best_epoch),
             None => self.best_epoch.to_string(),
         }
     }
@@ -121,6 +138,7 @@ impl Summary {
     pub fn weights_in_words(&self) -> String {
         match self.chosen_average() {
             Some(a) => a.in_words(),
+            None if self.ema => format!("the weight EMA at epoch {}", self.best_epoch),
             None => format!("best epoch {}", self.best_epoch),
         }
     }

@@ -165,6 +165,9 @@ grad_clip = 1.0
 input_size = 44
 tta = "ten_crop"
 schedule = { kind = "cosine", warmup_epochs = 1.0 }
+time_budget_minutes = 10.0
+ema_decay = 0.99
+progressive_resize = { start = 32, until = 0.5 }
 [augment]
 crop_padding = 4
 hflip = true
@@ -183,6 +186,50 @@ erasing = 0.25
     assert_eq!(Config::parse(&ensemble.to_toml()).unwrap(), ensemble);
     assert_eq!(c.train.teacher, Some(Teacher::One("runs/some-teacher".into())));
     assert!(Config::parse(&text.replace("\"runs/some-teacher\"", "[]")).unwrap_err().to_string().contains("teacher"));
+}
+
+#[test]
+fn progressive_resizing_grows_the_faces_and_needs_global_pooling() {
+    let resize = fer::config::ProgressiveResize { start: 24, until: 0.5 };
+    let sides: Vec<usize> = [0.0, 0.1, 0.25, 0.5, 0.9].iter().map(|&t| resize.side_at(t, 48)).collect();
+    assert_eq!(sides, [24, 28, 36, 48, 48]);
+    assert_eq!(fer::config::ProgressiveResize { start: 32, until: 0.0 }.side_at(0.0, 40), 40, "until 0: full size from the start");
+    // A network that flattens a feature map cannot take smaller faces: a config error.
+    let mut c = common::tiny_config("resize", 2);
+    c.train.progressive_resize = Some(resize);
+    let err = Config::parse(&c.to_toml()).unwrap_err().to_string();
+    assert!(err.contains("global pooling"), "{err}");
+    let start = |side: usize| Config::parse(&c.to_toml().replace("start = 24", &format!("start = {side}")));
+    assert!(start(4).unwrap_err().to_string().contains("between 8 and input_size"));
+    // One that pools globally trains with it.
+    let text = "name = \"resize\"\n[model.convnet]\nwidths = [8, 16]\n[train]\nepochs = 2\nbatch_size = 32\nprogressive_resize = { start = 24, until = 0.5 }\n";
+    let c = Config::parse(text).unwrap();
+    let runs = tempfile::tempdir().unwrap();
+    tch::set_num_threads(1);
+    let s = train(&c, &synthetic([64, 32, 32], 6), &common::opts(runs.path())).unwrap();
+    assert_eq!(s.epochs, 2);
+}
+
+#[test]
+fn a_time_budget_ends_the_run_where_its_schedule_ends() {
+    tch::set_num_threads(1);
+    let mut c = common::tiny_config("budget", 100_000);
+    c.train.schedule = fer::train::optim::Schedule::Linear { warmup: 0.2, start_factor: 0.1 };
+    c.train.time_budget_minutes = 0.02; // 1.2 seconds
+    let runs = tempfile::tempdir().unwrap();
+    let s = train(&c, &synthetic([64, 32, 32], 6), &common::opts(runs.path())).unwrap();
+    assert!(s.epochs >= 1 && s.epochs < 100_000, "the budget ended the run, not the epochs: {}", s.epochs);
+    let lines = std::fs::read_to_string(runs.path().join("budget/metrics.jsonl")).unwrap();
+    let history: Vec<fer::record::EpochMetrics> = lines.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(history.len(), s.epochs);
+    // The schedule ran its whole course in the time: down close to zero at the end.
+    let last = history.last().unwrap();
+    assert!(last.lr < 0.5 * c.train.lr, "the rate at the end: {}", last.lr);
+    assert!(last.fraction.is_none_or(|f| f > 0.0 && f < 1.0));
+    assert!(history.iter().all(|m| m.eval_seconds.is_some_and(|e| e <= m.seconds)));
+    // A finished budget run resumed is finished: it neither trains nor scores again.
+    let again = train(&c, &synthetic([64, 32, 32], 6), &TrainOptions { resume: true, ..common::opts(runs.path()) }).unwrap();
+    assert_eq!((again.epochs, again.test_acc), (s.epochs, s.test_acc));
 }
 
 #[test]

@@ -81,6 +81,36 @@ fn stopped_and_resumed_run_matches_an_uninterrupted_one() {
     assert_eq!(numbers(&whole), numbers(&parts));
 }
 
+#[test]
+fn a_resume_goes_on_with_its_own_recipe_and_leaves_a_finished_run_alone() {
+    tch::set_num_threads(1);
+    let data = synthetic([140, 35, 35], 16);
+    let runs = tempfile::tempdir().unwrap();
+    let resume = TrainOptions { resume: true, ..opts(runs.path()) };
+    // Stopped after one epoch, then resumed with another rate: refused, naming the change.
+    let config = tiny_config("recipe", 2);
+    assert!(train(&config, &data, &TrainOptions { stop_after: Some(1), ..opts(runs.path()) }).is_err());
+    let mut edited = config.clone();
+    edited.train.lr = 0.02;
+    edited.train.epochs = 3;
+    let err = train(&edited, &data, &resume).unwrap_err().to_string();
+    assert!(err.contains("train.lr: 0.01 -> 0.02") && err.contains("train.epochs: 2 -> 3") && err.contains("--fresh"), "{err}");
+    // Finished with a blur chosen on PublicTest, then resumed as `fer pipeline` and `fer
+    // ablate` do: the record, the choice and the weights stay as they were.
+    let mut blurred = tiny_config("blurred", 2);
+    blurred.train.eval_blur_choices = vec![0.0, 1.5];
+    let summary = train(&blurred, &data, &opts(runs.path())).unwrap();
+    let dir = runs.path().join("blurred");
+    let read = |f: &str| std::fs::read(dir.join(f)).unwrap();
+    let (config_before, weights_before) = (read("config.toml"), read("best.safetensors"));
+    let again = train(&blurred, &data, &resume).unwrap();
+    assert_eq!((again.test_acc, again.eval_blur), (summary.test_acc, summary.eval_blur));
+    assert_eq!((read("config.toml"), read("best.safetensors")), (config_before, weights_before));
+    // Even a finished run refuses a longer schedule rather than writing weights no record describes.
+    blurred.train.epochs = 4;
+    assert!(train(&blurred, &data, &resume).unwrap_err().to_string().contains("train.epochs: 2 -> 4"));
+}
+
 /// The real thing: SIGKILL the `fer` binary mid-run, resume it, and compare with a clean run.
 #[test]
 fn run_killed_with_sigkill_resumes_to_the_same_metrics() {
@@ -194,6 +224,36 @@ fn the_evaluation_blur_is_chosen_on_publictest_before_privatetest() {
     let model = Trained::load(&runs.path().join("blurs"), tch::Device::Cpu).unwrap();
     assert_eq!(model.config.train.eval_blur, 0.0);
     assert_eq!(model.evaluate(&data.split(Split::PrivateTest)).accuracy, summary.test_acc);
+}
+
+#[test]
+fn the_weight_ema_competes_each_epoch_and_survives_a_resume() {
+    tch::set_num_threads(1);
+    let data = synthetic([280, 70, 70], 15);
+    let runs = tempfile::tempdir().unwrap();
+    let mut config = tiny_config("ema", 4);
+    config.train.ema_decay = 0.9;
+    let whole = train(&config, &data, &opts(runs.path())).unwrap();
+    let dir = runs.path().join("ema");
+    let history = metrics(&dir);
+    let ema: Vec<f64> = history.iter().map(|m| m.ema_val_acc.expect("each epoch scores the EMA")).collect();
+    assert!(history.iter().any(|m| m.ema_val_loss != Some(m.val_loss)), "the EMA is other weights");
+    // Each epoch's candidate is the better of the two; the run keeps the best candidate.
+    let best = history.iter().zip(&ema).map(|(m, &e)| m.val_acc.max(e)).fold(0.0, f64::max);
+    assert_eq!(whole.val_acc, best);
+    let at_best = &history[whole.best_epoch - 1];
+    assert_eq!(whole.ema, at_best.ema_val_acc.unwrap() > at_best.val_acc);
+    assert_eq!(whole.weights_in_words().contains("EMA"), whole.ema);
+    let model = Trained::load(&dir, tch::Device::Cpu).unwrap();
+    assert_eq!(model.evaluate(&data.split(Split::PublicTest)).accuracy, whole.val_acc);
+    assert_eq!(model.evaluate(&data.split(Split::PrivateTest)).accuracy, whole.test_acc);
+    // Stopped after two epochs and resumed: the same EMA, epoch by epoch.
+    config.name = "ema-parts".into();
+    assert!(train(&config, &data, &TrainOptions { stop_after: Some(2), ..opts(runs.path()) }).is_err());
+    let parts = train(&config, &data, &TrainOptions { resume: true, ..opts(runs.path()) }).unwrap();
+    let scores = |m: &[EpochMetrics]| m.iter().map(|m| (m.val_acc, m.ema_val_acc, m.ema_val_loss)).collect::<Vec<_>>();
+    assert_eq!(scores(&metrics(&runs.path().join("ema-parts"))), scores(&history));
+    assert_eq!((parts.val_acc, parts.test_acc, parts.ema), (whole.val_acc, whole.test_acc, whole.ema));
 }
 
 #[test]

@@ -19,11 +19,13 @@ use crate::nn::model::{copy_named, param_count, save_atomic, Trained};
 use crate::record::{machine_name, AverageScore, BlurScore, EpochMetrics, Summary};
 use augment::epoch_batches;
 use average::WeightAverage;
+use ema::Ema;
 use loss::Loss;
 use optim::{Optimizer, Schedule};
 
 pub mod augment;
 pub mod average;
+pub mod ema;
 pub mod loss;
 pub mod optim;
 
@@ -46,6 +48,12 @@ struct RunState {
     /// Epochs folded into the weight average (`average_from`); the mean is in the checkpoint.
     #[serde(default)]
     averaged_epochs: usize,
+    /// The best epoch's weights are the weight EMA's (`ema_decay`), not the weights themselves.
+    #[serde(default)]
+    best_is_ema: bool,
+    /// The time budget ran out (`time_budget_minutes`): the run is complete.
+    #[serde(default)]
+    budget_spent: bool,
 }
 
 pub struct TrainOptions {
@@ -77,6 +85,69 @@ fn epoch_seed(seed: u64, epoch: usize) -> u64 {
     seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(epoch as u64 + 1)
 }
 
+/// What a budget holds back for the last evaluation, as a multiple of the one before.
+const EVAL_MARGIN: f64 = 1.25;
+
+/// The run's clock against `time_budget_minutes`: how many epochs the schedule spans.
+struct Budget {
+    /// The budget in seconds (0: none, the schedule spans `epochs`).
+    seconds: f64,
+    epochs: usize,
+    /// Seconds of the finished epochs, PublicTest evaluations included.
+    spent: f64,
+    /// What the next evaluation will take, held back from the training steps' time.
+    eval_seconds: f64,
+    estimate: Option<f64>,
+}
+
+impl Budget {
+    fn new(config: &Config, history: &[EpochMetrics]) -> Budget {
+        Budget {
+            seconds: config.train.time_budget_minutes * 60.0,
+            epochs: config.train.epochs,
+            spent: history.iter().map(|m| m.seconds).sum(),
+            eval_seconds: EVAL_MARGIN * history.last().and_then(|m| m.eval_seconds).unwrap_or(0.0),
+            estimate: None,
+        }
+    }
+
+    /// The schedule's length in epochs, at `progress` epochs into the run and `in_epoch`
+    /// seconds into this epoch: `epochs`, or with a budget the epochs it will hold at the pace
+    /// so far (at most `epochs`); `None` once the budget is spent, keeping time for the
+    /// evaluation that follows.
+    fn total_epochs(&mut self, progress: f64, in_epoch: f64) -> Option<f64> {
+        if self.seconds <= 0.0 {
+            return Some(self.epochs as f64);
+        }
+        let spent = self.spent + in_epoch;
+        let for_steps = self.seconds - self.eval_seconds;
+        if spent >= for_steps {
+            return None;
+        }
+        let total = match progress > 0.0 && spent > 0.0 {
+            true => (progress * for_steps / spent).min(self.epochs as f64),
+            false => self.epochs as f64,
+        };
+        self.estimate = Some(total);
+        Some(total)
+    }
+
+    fn epoch_done(&mut self, metrics: &EpochMetrics) {
+        self.spent += metrics.seconds;
+        // A margin, as evaluations vary by a few tenths from one epoch to the next.
+        self.eval_seconds = EVAL_MARGIN * metrics.eval_seconds.unwrap_or(0.0);
+    }
+
+    /// `30`, or with a budget the estimate so far (`~9.4`).
+    fn epochs_in_words(&self) -> String {
+        match (self.seconds > 0.0, self.estimate) {
+            (false, _) => self.epochs.to_string(),
+            (true, Some(e)) => format!("~{e:.1}"),
+            (true, None) => "?".into(),
+        }
+    }
+}
+
 /// Trains `config` on `data` and returns the finished run's summary.
 pub fn train(config: &Config, data: &Dataset, opts: &TrainOptions) -> anyhow::Result<Summary> {
     let dir = opts.runs_dir.join(&config.name);
@@ -92,7 +163,15 @@ pub fn train(config: &Config, data: &Dataset, opts: &TrainOptions) -> anyhow::Re
     }
     std::fs::create_dir_all(&dir)?;
     remove_partial_files(&dir)?;
-    write_atomic(&dir.join("config.toml"), config.to_toml().as_bytes())?;
+    if opts.resume && state_file.exists() {
+        check_same_recipe(config, &dir)?;
+        if let Ok(bytes) = std::fs::read(dir.join("summary.json")) {
+            // Finished: PrivateTest was scored; nothing is trained, chosen or written again.
+            return Ok(serde_json::from_slice(&bytes)?);
+        }
+    } else {
+        write_atomic(&dir.join("config.toml"), config.to_toml().as_bytes())?;
+    }
 
     let train_faces = data.split(Split::Training);
     let val_faces = data.split(Split::PublicTest);
@@ -104,12 +183,16 @@ pub fn train(config: &Config, data: &Dataset, opts: &TrainOptions) -> anyhow::Re
     let mut optimizer = Optimizer::new(&model.vs, &config.train);
     let mut state = RunState::default();
     let mut average = WeightAverage::default();
+    let mut ema = (config.train.ema_decay > 0.0).then(|| Ema::new(config, opts.device, &model)).transpose()?;
     if opts.resume && state_file.exists() {
         state = serde_json::from_slice(&std::fs::read(&state_file)?)?;
         let tensors: HashMap<String, Tensor> = Tensor::read_safetensors(dir.join(&state.checkpoint))?.into_iter().collect();
         copy_named(&model.vs, &tensors, "model.")?;
         optimizer.load_state(&tensors, state.optimizer_steps)?;
         average = WeightAverage::from_checkpoint(&tensors, state.averaged_epochs)?;
+        if let Some(ema) = &mut ema {
+            ema.load(&tensors)?;
+        }
         if !opts.quiet {
             println!("resuming {} after epoch {}", config.name, state.epochs_done);
         }
@@ -131,28 +214,41 @@ pub fn train(config: &Config, data: &Dataset, opts: &TrainOptions) -> anyhow::Re
     if state.plateau_lr == 0.0 {
         state.plateau_lr = config.train.lr;
     }
+    let mut clock = Budget::new(config, &state.history);
 
     let last_epoch = match opts.stop_after {
         Some(k) => (state.epochs_done + k).min(config.train.epochs),
         None => config.train.epochs,
     };
+    // Epochs are timed back to back, so each one's time holds the previous one's checkpoint.
+    let mut epoch_start = Instant::now();
     for epoch in state.epochs_done + 1..=last_epoch {
-        if state.stopped_early {
+        if state.stopped_early || state.budget_spent {
             break;
         }
-        let started = Instant::now();
+        let started = epoch_start;
         tch::manual_seed(epoch_seed(config.seed, epoch) as i64);
         let mut order: Vec<i64> = (0..n as i64).collect();
         fastrand::Rng::with_seed(epoch_seed(config.seed, epoch)).shuffle(&mut order);
         let batches_rx = epoch_batches(train_faces.clone(), order, batch, side, config.augment.clone(), config.seed, epoch);
 
-        let bar = crate::progress::bar(batches, &format!("epoch {epoch}/{}", config.train.epochs), opts.quiet);
+        let bar = crate::progress::bar(batches, &format!("epoch {epoch}/{}", clock.epochs_in_words()), opts.quiet);
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0i64, 0usize);
         for (b, batch_data) in batches_rx.iter().enumerate() {
             let len = batch_data.len() as i64;
             let progress_epochs = (epoch - 1) as f64 + b as f64 / batches as f64;
-            optimizer.lr = schedule.lr(config.train.lr, progress_epochs, config.train.epochs, state.plateau_lr);
-            let xb = Tensor::from_slice(&batch_data.images).reshape([len, 1, side as i64, side as i64]).to_device(opts.device);
+            let Some(total) = clock.total_epochs(progress_epochs, started.elapsed().as_secs_f64()) else {
+                state.budget_spent = true;
+                break;
+            };
+            optimizer.lr = schedule.lr(config.train.lr, progress_epochs, total, state.plateau_lr);
+            let mut xb = Tensor::from_slice(&batch_data.images).reshape([len, 1, side as i64, side as i64]).to_device(opts.device);
+            if let Some(resize) = config.train.progressive_resize {
+                let now = resize.side_at(progress_epochs / total, side) as i64;
+                if now < side as i64 {
+                    xb = xb.internal_upsample_bilinear2d_aa([now, now], false, None, None);
+                }
+            }
             let yb = Tensor::from_slice(&batch_data.labels).to_device(opts.device);
             let targets = Tensor::from_slice(&batch_data.targets).reshape([len, NUM_CLASSES as i64]).to_device(opts.device);
             let out = model.net.forward_t(&xb, true);
@@ -168,6 +264,9 @@ pub fn train(config: &Config, data: &Dataset, opts: &TrainOptions) -> anyhow::Re
                 optimizer.clip_grad_norm(config.train.grad_clip);
             }
             optimizer.step();
+            if let Some(ema) = &mut ema {
+                ema.update(&model, optimizer.steps);
+            }
             loss_sum += loss.double_value(&[]) * len as f64;
             correct += out.argmax(-1, false).eq_tensor(&yb).sum(Kind::Int64).int64_value(&[]);
             seen += len as usize;
@@ -181,21 +280,40 @@ pub fn train(config: &Config, data: &Dataset, opts: &TrainOptions) -> anyhow::Re
             ));
         }
         bar.finish_and_clear();
+        if seen == 0 && state.budget_spent {
+            break; // the budget ran out before this epoch's first step
+        }
+        // A worker that died (a panic, printed above) ends the batches early: that epoch must
+        // not be recorded as complete.
+        anyhow::ensure!(
+            seen == n || state.budget_spent,
+            "epoch {epoch}: the augmentation worker stopped after {seen} of {n} faces (see the error above); rerun with --resume to redo the epoch"
+        );
 
+        let eval_started = Instant::now();
         let val = model.evaluate(&val_faces);
+        let ema_val = ema.as_ref().map(|e| e.model.evaluate(&val_faces));
+        let eval_seconds = eval_started.elapsed().as_secs_f64();
+        epoch_start = Instant::now();
         let metrics = EpochMetrics {
             epoch,
-            train_loss: loss_sum / n as f64,
-            train_acc: correct as f64 / n as f64,
+            train_loss: loss_sum / seen as f64,
+            train_acc: correct as f64 / seen as f64,
             val_loss: val.loss,
             val_acc: val.accuracy,
             lr: optimizer.lr,
-            seconds: started.elapsed().as_secs_f64(),
+            seconds: (epoch_start - started).as_secs_f64(),
+            eval_seconds: Some(eval_seconds),
+            ema_val_acc: ema_val.as_ref().map(|e| e.accuracy),
+            ema_val_loss: ema_val.as_ref().map(|e| e.loss),
+            fraction: (seen < n).then(|| seen as f64 / n as f64),
         };
         if !opts.quiet {
+            let ema_words = ema_val.as_ref().map_or(String::new(), |e| format!("  EMA {:.2}%", 100.0 * e.accuracy));
+            let partial = metrics.fraction.map_or(String::new(), |f| format!("  ({:.0}% of an epoch: the time budget is spent)", 100.0 * f));
             println!(
-                "epoch {epoch:>3}/{}  train loss {:.4} acc {:.2}%  val loss {:.4} acc {:.2}%  {:.0}s",
-                config.train.epochs,
+                "epoch {epoch:>3}/{}  train loss {:.4} acc {:.2}%  val loss {:.4} acc {:.2}%{ema_words}  {:.0}s{partial}",
+                clock.epochs_in_words(),
                 metrics.train_loss,
                 100.0 * metrics.train_acc,
                 metrics.val_loss,
@@ -206,11 +324,17 @@ pub fn train(config: &Config, data: &Dataset, opts: &TrainOptions) -> anyhow::Re
 
         // Best first, then the resumable checkpoint, then the pointer to it: a kill at any
         // point leaves `last.json` naming a complete checkpoint.
-        if epoch == 1 || metrics.val_acc > state.best_val_acc {
-            state.best_val_acc = metrics.val_acc;
+        let ema_better = metrics.ema_val_acc.is_some_and(|e| e > metrics.val_acc);
+        let candidate = if ema_better { metrics.ema_val_acc.unwrap_or_default() } else { metrics.val_acc };
+        if epoch == 1 || candidate > state.best_val_acc {
+            state.best_val_acc = candidate;
             state.best_epoch = epoch;
+            state.best_is_ema = ema_better;
             state.plateau_bad_epochs = 0;
-            model.save(&dir.join("best.safetensors"))?;
+            match (&ema, ema_better) {
+                (Some(ema), true) => ema.model.save(&dir.join("best.safetensors"))?,
+                _ => model.save(&dir.join("best.safetensors"))?,
+            }
         } else {
             state.plateau_bad_epochs += 1;
             if let Schedule::Plateau { patience, factor, min_lr } = *schedule {
@@ -236,11 +360,15 @@ pub fn train(config: &Config, data: &Dataset, opts: &TrainOptions) -> anyhow::Re
             model.vs.variables().into_iter().map(|(k, v)| (format!("model.{k}"), v)).collect();
         tensors.extend(optimizer.state());
         tensors.extend(average.tensors());
+        if let Some(ema) = &ema {
+            tensors.extend(ema.tensors());
+        }
         save_atomic(&dir.join(&checkpoint), |tmp| Ok(Tensor::write_safetensors(&tensors, tmp)?))?;
         let previous = std::mem::replace(&mut state.checkpoint, checkpoint);
         state.epochs_done = epoch;
         state.optimizer_steps = optimizer.steps;
         state.averaged_epochs = average.epochs;
+        clock.epoch_done(&metrics);
         state.history.push(metrics.clone());
         write_atomic(&state_file, &serde_json::to_vec_pretty(&state)?)?;
         if !previous.is_empty() && previous != state.checkpoint {
@@ -251,7 +379,7 @@ pub fn train(config: &Config, data: &Dataset, opts: &TrainOptions) -> anyhow::Re
     }
 
     crate::plot::training_curves(&dir, &state.history)?;
-    if state.epochs_done < config.train.epochs && !state.stopped_early {
+    if state.epochs_done < config.train.epochs && !state.stopped_early && !state.budget_spent {
         anyhow::bail!("stopped after epoch {} of {}; continue with --resume", state.epochs_done, config.train.epochs);
     }
     finish(config, data, &dir, &state, &average, opts)
@@ -278,6 +406,43 @@ fn load_teachers(config: &Config, device: Device) -> anyhow::Result<Vec<Trained>
         .collect()
 }
 
+/// A resumed run must go on with the recipe it began with: its record claims one recipe for
+/// every epoch. Only what `finish` chooses after training (the evaluation blur) may differ.
+fn check_same_recipe(config: &Config, dir: &Path) -> anyhow::Result<()> {
+    let path = dir.join("config.toml");
+    let text = std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let mut before = Config::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    before.train.eval_blur = config.train.eval_blur;
+    let (old, new) = (toml::Value::try_from(&before)?, toml::Value::try_from(config)?);
+    let mut changes = Vec::new();
+    differences("", &old, &new, &mut changes);
+    anyhow::ensure!(
+        changes.is_empty(),
+        "{} was trained with another recipe than the one given now ({}): resuming would mix the two under one record. Start it over with --fresh, or give the new recipe another name",
+        dir.display(),
+        changes.join("; ")
+    );
+    Ok(())
+}
+
+/// `key: old -> new` for every leaf where two TOML values differ.
+fn differences(key: &str, old: &toml::Value, new: &toml::Value, out: &mut Vec<String>) {
+    match (old, new) {
+        (toml::Value::Table(a), toml::Value::Table(b)) => {
+            let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            for k in keys {
+                let sub = if key.is_empty() { k.clone() } else { format!("{key}.{k}") };
+                match (a.get(k), b.get(k)) {
+                    (Some(x), Some(y)) => differences(&sub, x, y, out),
+                    (x, y) => out.push(format!("{sub}: {} -> {}", x.map_or("unset".into(), |v| v.to_string()), y.map_or("unset".into(), |v| v.to_string()))),
+                }
+            }
+        }
+        (a, b) if a != b => out.push(format!("{key}: {a} -> {b}")),
+        _ => {}
+    }
+}
+
 /// Drops what a killed run was in the middle of writing (temporary and partial files).
 fn remove_partial_files(dir: &Path) -> anyhow::Result<()> {
     for entry in std::fs::read_dir(dir)? {
@@ -301,7 +466,11 @@ fn finish(config: &Config, data: &Dataset, dir: &Path, state: &RunState, average
     let val_faces = data.split(Split::PublicTest);
     let best = &state.history[state.best_epoch - 1];
     // (accuracy, loss) on PublicTest of the weights the scores use.
-    let mut val = (best.val_acc, best.val_loss);
+    let mut val = match (state.best_is_ema, best.ema_val_acc, best.ema_val_loss) {
+        (true, Some(acc), Some(loss)) => (acc, loss),
+        _ => (best.val_acc, best.val_loss),
+    };
+    let best_val_acc = val.0;
     // The weight average, where the run kept one, takes the best epoch's place only if it does
     // better on PublicTest.
     let average = match average.epochs {
@@ -314,8 +483,8 @@ fn finish(config: &Config, data: &Dataset, dir: &Path, state: &RunState, average
                 epochs,
                 val_acc: eval.accuracy,
                 val_loss: eval.loss,
-                best_epoch_val_acc: best.val_acc,
-                chosen: eval.accuracy > best.val_acc,
+                best_epoch_val_acc: best_val_acc,
+                chosen: eval.accuracy > best_val_acc,
             };
             mean.save(&dir.join("averaged.safetensors"))?;
             if score.chosen {
@@ -327,7 +496,7 @@ fn finish(config: &Config, data: &Dataset, dir: &Path, state: &RunState, average
                     "{} of the weights: PublicTest {:.2}% against {:.2}% for epoch {}: {}",
                     score.in_words(),
                     100.0 * eval.accuracy,
-                    100.0 * best.val_acc,
+                    100.0 * best_val_acc,
                     state.best_epoch,
                     if score.chosen { "the mean is kept" } else { "the best epoch is kept" }
                 );
@@ -375,6 +544,7 @@ fn finish(config: &Config, data: &Dataset, dir: &Path, state: &RunState, average
         tta,
         eval_blur: config.train.eval_blur,
         blur_sweep,
+        ema: state.best_is_ema && !average.as_ref().is_some_and(|a| a.chosen),
         average,
         train_seconds: state.history.iter().map(|m| m.seconds).sum(),
         threads: tch::get_num_threads(),
@@ -410,3 +580,39 @@ fn finish(config: &Config, data: &Dataset, dir: &Path, state: &RunState, average
     Ok(summary)
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metrics(seconds: f64, eval_seconds: f64) -> EpochMetrics {
+        let m = EpochMetrics { epoch: 1, train_loss: 0.0, train_acc: 0.0, val_loss: 0.0, val_acc: 0.0, lr: 0.0, seconds, ..Default::default() };
+        EpochMetrics { eval_seconds: Some(eval_seconds), ..m }
+    }
+
+    #[test]
+    fn a_time_budget_spans_the_epochs_that_fit_and_keeps_time_for_the_last_evaluation() {
+        let mut config = Config::for_network("baseline");
+        config.train.epochs = 100;
+        let mut none = Budget::new(&config, &[]);
+        assert_eq!(none.total_epochs(3.5, 1e9), Some(100.0), "without a budget the schedule spans the epochs");
+        config.train.time_budget_minutes = 10.0;
+        // Resumed after two 60-second epochs, each with 4 seconds of evaluation: 595 seconds
+        // are left for steps (600 minus 1.25 x the next evaluation), at 1 epoch a minute.
+        let history = [metrics(60.0, 4.0), metrics(60.0, 4.0)];
+        let mut clock = Budget::new(&config, &history);
+        assert_eq!(clock.total_epochs(0.0, 0.0), Some(100.0), "no pace yet: any length starts alike");
+        assert!((clock.total_epochs(2.5, 30.0).unwrap() - 9.916_666).abs() < 1e-4);
+        assert_eq!(clock.epochs_in_words(), "~9.9");
+        assert!(clock.total_epochs(9.9, 474.9).is_some());
+        assert_eq!(clock.total_epochs(9.9, 475.0), None, "spent: 120 + 475 = 595 seconds");
+        // A cap of 5 epochs comes first on a fast machine.
+        config.train.epochs = 5;
+        let mut capped = Budget::new(&config, &history);
+        assert_eq!(capped.total_epochs(2.5, 30.0), Some(5.0));
+        // A slower evaluation holds back more of the budget: 600 - 180 spent - 1.25 x 16 = 400 left.
+        capped.epoch_done(&metrics(60.0, 16.0));
+        assert!(capped.total_epochs(3.0, 399.9).is_some());
+        assert_eq!(capped.total_epochs(3.0, 400.0), None);
+    }
+}

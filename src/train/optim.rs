@@ -165,6 +165,14 @@ pub enum Schedule {
         #[serde(default = "final_div_factor")]
         final_div_factor: f64,
     },
+    /// Up in a straight line from `base x start_factor` to `base` over the first `warmup` of
+    /// the run, then straight down to zero at its end: the speedruns' triangle.
+    Linear {
+        #[serde(default = "linear_warmup")]
+        warmup: f64,
+        #[serde(default = "start_factor")]
+        start_factor: f64,
+    },
     /// Multiply by `factor` when PublicTest accuracy has not improved for `patience` epochs.
     Plateau {
         #[serde(default = "patience")]
@@ -181,6 +189,12 @@ fn half() -> f64 {
 }
 fn pct_start() -> f64 {
     0.3
+}
+fn linear_warmup() -> f64 {
+    0.2
+}
+fn start_factor() -> f64 {
+    0.1
 }
 fn div_factor() -> f64 {
     25.0
@@ -199,10 +213,11 @@ impl Default for Schedule {
 }
 
 impl Schedule {
-    /// The learning rate at `progress` epochs (fractional within an epoch) of `epochs`;
-    /// `plateau_lr` is the plateau schedule's current rate.
-    pub fn lr(&self, base: f64, progress: f64, epochs: usize, plateau_lr: f64) -> f64 {
-        let total = epochs.max(1) as f64;
+    /// The learning rate at `progress` epochs (fractional within an epoch) of `total` (also
+    /// fractional: a run to a time budget estimates it as it goes); `plateau_lr` is the plateau
+    /// schedule's current rate.
+    pub fn lr(&self, base: f64, progress: f64, total: f64, plateau_lr: f64) -> f64 {
+        let total = total.max(1e-9);
         let cos_between = |hi: f64, lo: f64, t: f64| lo + (hi - lo) * 0.5 * (1.0 + (std::f64::consts::PI * t.clamp(0.0, 1.0)).cos());
         match *self {
             Schedule::Constant => base,
@@ -223,6 +238,14 @@ impl Schedule {
                     cos_between(base, end, (t - pct_start) / (1.0 - pct_start))
                 }
             }
+            Schedule::Linear { warmup, start_factor } => {
+                let t = (progress / total).clamp(0.0, 1.0);
+                if t < warmup {
+                    base * (start_factor + (1.0 - start_factor) * t / warmup)
+                } else {
+                    base * (1.0 - t) / (1.0 - warmup).max(1e-9)
+                }
+            }
             Schedule::Plateau { .. } => plateau_lr,
         }
     }
@@ -235,18 +258,26 @@ mod tests {
     #[test]
     fn schedules_follow_their_shapes() {
         let s = Schedule::Step { every: 3, gamma: 0.1 };
-        assert_eq!(s.lr(1.0, 2.9, 10, 0.0), 1.0);
-        assert!((s.lr(1.0, 3.0, 10, 0.0) - 0.1).abs() < 1e-12);
+        assert_eq!(s.lr(1.0, 2.9, 10.0, 0.0), 1.0);
+        assert!((s.lr(1.0, 3.0, 10.0, 0.0) - 0.1).abs() < 1e-12);
         let c = Schedule::Cosine { warmup_epochs: 2.0, min_lr: 0.0 };
-        assert!((c.lr(1.0, 1.0, 10, 0.0) - 0.5).abs() < 1e-6);
-        assert!((c.lr(1.0, 2.0, 10, 0.0) - 1.0).abs() < 1e-6);
-        assert!((c.lr(1.0, 6.0, 10, 0.0) - 0.5).abs() < 1e-6);
-        assert!(c.lr(1.0, 10.0, 10, 0.0).abs() < 1e-9);
+        assert!((c.lr(1.0, 1.0, 10.0, 0.0) - 0.5).abs() < 1e-6);
+        assert!((c.lr(1.0, 2.0, 10.0, 0.0) - 1.0).abs() < 1e-6);
+        assert!((c.lr(1.0, 6.0, 10.0, 0.0) - 0.5).abs() < 1e-6);
+        assert!(c.lr(1.0, 10.0, 10.0, 0.0).abs() < 1e-9);
         let o = Schedule::OneCycle { pct_start: 0.3, div_factor: 25.0, final_div_factor: 1e4 };
-        assert!((o.lr(1.0, 0.0, 10, 0.0) - 0.04).abs() < 1e-9);
-        assert!((o.lr(1.0, 3.0, 10, 0.0) - 1.0).abs() < 1e-9);
-        assert!(o.lr(1.0, 10.0, 10, 0.0) < 1e-5);
-        assert_eq!(Schedule::Plateau { patience: 2, factor: 0.5, min_lr: 0.0 }.lr(1.0, 4.0, 10, 0.25), 0.25);
+        assert!((o.lr(1.0, 0.0, 10.0, 0.0) - 0.04).abs() < 1e-9);
+        assert!((o.lr(1.0, 3.0, 10.0, 0.0) - 1.0).abs() < 1e-9);
+        assert!(o.lr(1.0, 10.0, 10.0, 0.0) < 1e-5);
+        let l = Schedule::Linear { warmup: 0.2, start_factor: 0.1 };
+        assert!((l.lr(1.0, 0.0, 10.0, 0.0) - 0.1).abs() < 1e-9);
+        assert!((l.lr(1.0, 1.0, 10.0, 0.0) - 0.55).abs() < 1e-9);
+        assert!((l.lr(1.0, 2.0, 10.0, 0.0) - 1.0).abs() < 1e-9);
+        assert!((l.lr(1.0, 6.0, 10.0, 0.0) - 0.5).abs() < 1e-9);
+        assert!(l.lr(1.0, 10.0, 10.0, 0.0).abs() < 1e-12);
+        // Fractional totals, as a run to a time budget estimates them, keep the shape.
+        assert!((l.lr(1.0, 3.7, 7.4, 0.0) - l.lr(1.0, 5.0, 10.0, 0.0)).abs() < 1e-9);
+        assert_eq!(Schedule::Plateau { patience: 2, factor: 0.5, min_lr: 0.0 }.lr(1.0, 4.0, 10.0, 0.25), 0.25);
     }
 }
 
