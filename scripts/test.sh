@@ -12,4 +12,13 @@ if { ! command -v chromedriver >/dev/null 2>&1 || ! command -v pdftoppm >/dev/nu
         || echo "fer: could not install chromium: the browser and PDF tests will skip" >&2
 fi
 cd "$FER_ROOT"
-cargo test --release "$@"
+# Tests that skip their real work say so here, at the end, where a passing run would hide it.
+skipped="$FER_ROOT/target/tmp/skipped-tests.txt"
+rm -f "$skipped"
+status=0
+cargo test --release "$@" || status=$?
+if [ -s "$skipped" ]; then
+    echo "fer: $(wc -l < "$skipped") test(s) skipped their real work:" >&2
+    sed 's/^/  /' "$skipped" >&2
+fi
+exit $status

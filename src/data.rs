@@ -482,7 +482,7 @@ impl Source {
     }
 }
 
-const CACHE_MAGIC: &[u8; 8] = b"FERDATA1";
+const CACHE_MAGIC: &[u8; 8] = b"FERDATA2";
 
 /// The cache folder: `$FER_CACHE` or `cache/` under the working directory.
 pub fn cache_dir() -> PathBuf {
@@ -506,45 +506,58 @@ pub fn load_with_cache(path: &Path, cache: &Path) -> anyhow::Result<Dataset> {
     Ok(data)
 }
 
-/// Layout: magic, count (u64 LE), pixels, labels, split ids, sources joined by '\n'.
+/// Layout: magic, the BLAKE3 hash of everything after it, count (u64 LE), pixels, labels,
+/// split ids, sources joined by '\n'. The hash is checked on every read: a flipped byte must
+/// not move a face to another split or change its label without a word.
 pub fn write_cache(data: &Dataset, file: &Path) -> std::io::Result<()> {
     let mut bytes = Vec::with_capacity(data.pixels.len() + data.len() * 40 + 16);
-    bytes.extend_from_slice(CACHE_MAGIC);
     bytes.extend_from_slice(&(data.len() as u64).to_le_bytes());
     bytes.extend_from_slice(&data.pixels);
     bytes.extend_from_slice(&data.labels);
     bytes.extend(data.splits.iter().map(|s| *s as u8));
     bytes.extend_from_slice(data.sources.join("\n").as_bytes());
-    write_atomic(file, &bytes)
+    let header: Vec<u8> = CACHE_MAGIC.iter().copied().chain(*blake3::hash(&bytes).as_bytes()).collect();
+    write_atomic(file, &[header, bytes].concat())
 }
 
 pub fn read_cache(file: &Path) -> anyhow::Result<Dataset> {
     let mut bytes = Vec::new();
     std::fs::File::open(file)?.read_to_end(&mut bytes)?;
-    anyhow::ensure!(bytes.len() >= 16 && &bytes[..8] == CACHE_MAGIC, "not a fer data cache");
-    let n = u64::from_le_bytes(bytes[8..16].try_into()?) as usize;
-    let (pixels, rest) = bytes[16..].split_at_checked(n * PIXELS).ok_or_else(|| anyhow::anyhow!("truncated cache"))?;
+    anyhow::ensure!(bytes.len() >= 48 && &bytes[..8] == CACHE_MAGIC, "not a fer data cache");
+    let (hash, body) = bytes[8..].split_at(32);
+    anyhow::ensure!(blake3::hash(body).as_bytes() == hash, "{}: the data cache is corrupt (its checksum does not match)", file.display());
+    let n = u64::from_le_bytes(body[..8].try_into()?) as usize;
+    let (pixels, rest) = body[8..].split_at_checked(n * PIXELS).ok_or_else(|| anyhow::anyhow!("truncated cache"))?;
     let (labels, rest) = rest.split_at_checked(n).ok_or_else(|| anyhow::anyhow!("truncated cache"))?;
     let (splits, rest) = rest.split_at_checked(n).ok_or_else(|| anyhow::anyhow!("truncated cache"))?;
     let sources: Vec<String> = std::str::from_utf8(rest)?.split('\n').map(str::to_owned).collect();
     anyhow::ensure!(sources.len() == n, "truncated cache");
-    Ok(Dataset {
-        pixels: pixels.to_vec(),
-        labels: labels.to_vec(),
-        splits: splits.iter().map(|&s| Split::ALL[s as usize % 3]).collect(),
-        sources,
-    })
+    let splits = splits
+        .iter()
+        .map(|&s| Split::ALL.get(s as usize).copied().ok_or_else(|| anyhow::anyhow!("{}: split id {s} in the data cache", file.display())))
+        .collect::<anyhow::Result<_>>()?;
+    anyhow::ensure!(labels.iter().all(|&l| (l as usize) < NUM_CLASSES), "{}: a label outside 0..6 in the data cache", file.display());
+    Ok(Dataset { pixels: pixels.to_vec(), labels: labels.to_vec(), splits, sources })
 }
 
 /// Writes through a temporary file in the same folder and renames it: never half-written.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_durably(path, |tmp| std::fs::write(tmp, bytes))
+}
+
+/// Has `write` fill a temporary file beside `path`, then syncs it, renames it into place and
+/// syncs the folder: after a crash or a power cut, `path` holds the old content or the new,
+/// whole, and what names it (a run's `last.json`) never points at a file still in a cache.
+pub fn write_durably(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()>) -> std::io::Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
+    // The same extension, for writers that choose the format by it (tch's VarStore::save).
+    let suffix = path.extension().map_or(String::new(), |e| format!(".{}", e.to_string_lossy()));
+    let tmp = tempfile::Builder::new().prefix(".tmp").suffix(&suffix).tempfile_in(dir)?.into_temp_path();
+    write(&tmp)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+    std::fs::File::open(dir)?.sync_all()
 }
 
 // ---------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ use std::time::Duration;
 fn found(tool: &str) -> bool {
     let ok = Command::new(tool).arg("--version").output().is_ok_and(|o| o.status.success());
     if !ok {
-        eprintln!("skipped: {tool} is not installed (scripts/test.sh installs chromium and chromium-driver as root)");
+        common::skip(&format!("{tool} is not installed (scripts/test.sh installs chromium and chromium-driver as root)"));
     }
     ok
 }

@@ -65,7 +65,10 @@ fn stats_export_train_eval_predict_end_to_end() {
     stdout(&fer(d, &["--data", csv, "data", "export-csv", "--out", "again.csv"]));
     assert_eq!(std::fs::read(d.join("again.csv")).unwrap(), std::fs::read(csv).unwrap());
 
-    std::fs::write(d.join("tiny.toml"), tiny_config("tiny", 3).to_toml()).unwrap();
+    // Flip TTA is scored when the run finishes, with the single pass: PrivateTest once.
+    let mut tiny = tiny_config("tiny", 3);
+    tiny.train.tta = fer::config::Tta::Flip;
+    std::fs::write(d.join("tiny.toml"), tiny.to_toml()).unwrap();
     stdout(&fer(d, &["--data", csv, "train", "--config", "tiny.toml"]));
     let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(d.join("runs/tiny/summary.json")).unwrap()).unwrap();
 
@@ -99,7 +102,8 @@ fn stats_export_train_eval_predict_end_to_end() {
     assert!(out.contains("shipped/model.onnx: tract runs it on 70 PublicTest faces") && out.contains("the same label on 70 of them"), "{out}");
     let card: fer::nn::export::Card = serde_json::from_slice(&std::fs::read(d.join("shipped/card.json")).unwrap()).unwrap();
     assert_eq!(card.onnx.unwrap().val_acc, Some(card.val_acc), "PublicTest through tract is the card's");
-    let flip = card.flip_tta.expect("export scores flip TTA where the data is");
+    let flip = card.flip_tta.expect("the card carries the flip TTA the run scored");
+    assert_eq!((flip.val_acc, flip.test_acc), (summary["tta"]["val_acc"].as_f64().unwrap(), summary["tta"]["test_acc"].as_f64().unwrap()), "not scored again at export");
     assert_eq!((flip.views, flip.fvcore_flops), (2, 2 * card.fvcore_flops));
     let eval_flipped = stdout(&fer(d, &["--data", csv, "eval", "--model", "shipped", "--split", "test", "--tta", "flip", "--json"]));
     assert_eq!(serde_json::from_str::<serde_json::Value>(&eval_flipped).unwrap()["accuracy"], flip.test_acc);
@@ -123,7 +127,7 @@ fn stats_export_train_eval_predict_end_to_end() {
     assert!(fer::data::CLASSES.contains(&p["label"].as_str().unwrap()));
 
     let out = stdout(&fer(d, &["--data", csv, "predict", "--model", "runs/tiny", "--random", "12", "--out", "grid.png"]));
-    assert!(out.contains("12 random PrivateTest faces"), "{out}");
+    assert!(out.contains("12 random PublicTest faces"), "{out}");
     let grid = image::open(d.join("grid.png")).unwrap();
     assert!(grid.width() > 8 * 96 && grid.height() > 2 * 96);
 }
@@ -133,16 +137,30 @@ fn pipeline_runs_the_main_job_and_resumes_a_finished_run() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     std::fs::write(d.join("fer2013.csv"), csv_text(&synthetic([140, 35, 35], 22))).unwrap();
-    std::fs::write(d.join("tiny.toml"), tiny_config("tiny", 2).to_toml()).unwrap();
-    let out = stdout(&fer(d, &["--data", "fer2013.csv", "pipeline", "--config", "tiny.toml"]));
-    for part in ["== data", "== train tiny", "== PrivateTest evaluation", "== FLOPs", "efficiency"] {
+    std::fs::write(d.join("base.toml"), tiny_config("base", 2).to_toml()).unwrap();
+    let mut speedrun = tiny_config("speed", 50);
+    speedrun.train.time_budget_minutes = 0.02;
+    speedrun.train.ema_decay = 0.9;
+    std::fs::write(d.join("speed.toml"), speedrun.to_toml()).unwrap();
+    let args = ["--data", "fer2013.csv", "pipeline", "--baseline", "base.toml", "--speedrun", "speed.toml"];
+    // Without the baseline's record, it says how to make one.
+    let o = fer(d, &[&args[..], &["--baseline-record", "nowhere"]].concat());
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--retrain-baseline"));
+    let out = stdout(&fer(d, &[&args[..], &["--retrain-baseline"]].concat()));
+    for part in ["[1/7] data", "[2/7] baseline", "trained as the notebook trains it", "[3/7] speedrun", "[4/7] PrivateTest", "[5/7] FLOPs", "efficiency of speed", "[6/7] predictions", "[7/7] report", "fer pipeline done"] {
         assert!(out.contains(part), "missing {part}: {out}");
     }
-    assert!(d.join("runs/tiny/predictions.png").is_file() && d.join("runs/data/stats.json").is_file());
-    // Again: the finished run is picked up, not retrained, and PrivateTest is not rescored.
-    let summary = std::fs::read(d.join("runs/tiny/summary.json")).unwrap();
-    stdout(&fer(d, &["--data", "fer2013.csv", "pipeline", "--config", "tiny.toml"]));
-    assert_eq!(std::fs::read(d.join("runs/tiny/summary.json")).unwrap(), summary);
+    for file in ["runs/predictions.png", "runs/data/stats.json", "runs/report/REPORT.md", "runs/pipeline.json", "runs/speed/summary.json"] {
+        assert!(d.join(file).is_file(), "{file} missing");
+    }
+    let timings: serde_json::Value = serde_json::from_slice(&std::fs::read(d.join("runs/pipeline.json")).unwrap()).unwrap();
+    assert_eq!(timings["stages"].as_array().unwrap().len(), 7);
+    // Again, reusing the baseline's record: nothing is retrained, PrivateTest is not rescored.
+    let summaries = || ["runs/base/summary.json", "runs/speed/summary.json"].map(|f| std::fs::read(d.join(f)).unwrap());
+    let before = summaries();
+    let out = stdout(&fer(d, &[&args[..], &["--baseline-record", "runs/base"]].concat()));
+    assert!(out.contains("the committed record runs/base reused") && out.contains("(not retrained)"), "{out}");
+    assert_eq!(summaries(), before);
 }
 
 #[test]

@@ -166,6 +166,28 @@ fn cache_round_trips_and_notices_changes() {
 }
 
 #[test]
+fn a_corrupt_cache_is_refused_and_read_again_from_the_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let csv = dir.path().join("fer2013.csv");
+    let d = synthetic([7, 7, 7], 8);
+    std::fs::write(&csv, csv_text(&d)).unwrap();
+    let first = data::load_with_cache(&csv, &cache).unwrap();
+    let file = std::fs::read_dir(&cache).unwrap().next().unwrap().unwrap().path();
+    // The first PrivateTest face's split byte, made Training's (0): layout is magic (8), hash
+    // (32), count (8), pixels, labels, then the split ids.
+    let n = d.len();
+    let at = 48 + n * data::PIXELS + n + d.splits.iter().position(|&s| s == data::Split::PrivateTest).unwrap();
+    let mut bytes = std::fs::read(&file).unwrap();
+    assert_eq!(bytes[at], data::Split::PrivateTest as u8);
+    bytes[at] = data::Split::Training as u8;
+    std::fs::write(&file, &bytes).unwrap();
+    let err = data::read_cache(&file).unwrap_err().to_string();
+    assert!(err.contains("corrupt"), "{err}");
+    assert_eq!(data::load_with_cache(&csv, &cache).unwrap(), first, "read again from the CSV");
+}
+
+#[test]
 fn bad_input_leaves_no_cache_behind() {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");

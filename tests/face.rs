@@ -38,7 +38,7 @@ fn fer(dir: &Path, args: &[&str]) -> std::process::Output {
 fn has_ffmpeg() -> bool {
     let ok = std::process::Command::new("ffmpeg").arg("-version").output().is_ok_and(|o| o.status.success());
     if !ok {
-        eprintln!("skipped: ffmpeg is not installed (scripts/env.sh installs it)");
+        common::skip("ffmpeg is not installed (scripts/env.sh installs it)");
     }
     ok
 }

@@ -59,10 +59,15 @@ fn ablation_then_report_from_run_records() {
     // and the student shipped as a model folder.
     let mut student = tiny_config("student", 2);
     student.train.teacher = Some(fer::config::Teacher::One(runs.join("base").display().to_string()));
+    // Flip TTA is scored as the run finishes (the card carries it), here and on the twin.
+    student.train.tta = fer::config::Tta::Flip;
     train(&student, &data, &opts).unwrap();
-    let plain = train(&tiny_config("plain", 2), &data, &opts).unwrap();
+    let mut plain_config = tiny_config("plain", 2);
+    plain_config.train.tta = fer::config::Tta::Flip;
+    let plain = train(&plain_config, &data, &opts).unwrap();
     // The plain recipe again with another seed: its spread is reported beside it.
-    let mut plain_reseeded = tiny_config("plain-seed3", 2);
+    let mut plain_reseeded = plain_config.clone();
+    plain_reseeded.name = "plain-seed3".into();
     plain_reseeded.seed = 3;
     let reseeded_summary = train(&plain_reseeded, &data, &opts).unwrap();
     // The student's recipe taught by another teacher: compared with the student once.
@@ -224,7 +229,7 @@ fn a_missing_record_fails_with_its_path() {
 fn the_report_prints_to_a_pdf_whose_pages_are_not_blank() {
     let have = |tool: &str| std::process::Command::new(tool).arg("-v").output().is_ok();
     if !have("pdftoppm") || !["chromium", "chromium-browser", "google-chrome"].iter().any(|b| std::process::Command::new(b).arg("--version").output().is_ok()) {
-        println!("SKIPPED the_report_prints_to_a_pdf_whose_pages_are_not_blank: needs chromium and pdftoppm (scripts/test.sh installs them as root)");
+        common::skip("needs chromium and pdftoppm (scripts/test.sh installs them as root)");
         return;
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));

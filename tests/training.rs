@@ -8,6 +8,14 @@ use fer::train::{train, TrainOptions};
 use std::path::Path;
 use std::process::Command;
 
+/// libtorch's random generator is one per process, and the tests of this file run on threads of
+/// one process: a test that compares two runs holds this, so no other run reseeds it midway.
+static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn metrics(dir: &Path) -> Vec<EpochMetrics> {
     std::fs::read_to_string(dir.join("metrics.jsonl"))
         .unwrap()
@@ -23,6 +31,7 @@ fn numbers(m: &[EpochMetrics]) -> Vec<(usize, f64, f64, f64, f64)> {
 
 #[test]
 fn short_training_lowers_the_loss_and_writes_its_record() {
+    let _rng = serial();
     tch::set_num_threads(1);
     let data = synthetic([280, 70, 70], 11);
     let runs = tempfile::tempdir().unwrap();
@@ -42,6 +51,7 @@ fn short_training_lowers_the_loss_and_writes_its_record() {
 
 #[test]
 fn checkpoint_round_trip_gives_identical_outputs() {
+    let _rng = serial();
     tch::set_num_threads(1);
     let data = synthetic([70, 35, 35], 12);
     let runs = tempfile::tempdir().unwrap();
@@ -63,6 +73,7 @@ fn checkpoint_round_trip_gives_identical_outputs() {
 
 #[test]
 fn stopped_and_resumed_run_matches_an_uninterrupted_one() {
+    let _rng = serial();
     tch::set_num_threads(1);
     let data = synthetic([140, 35, 35], 13);
     let runs = tempfile::tempdir().unwrap();
@@ -83,6 +94,7 @@ fn stopped_and_resumed_run_matches_an_uninterrupted_one() {
 
 #[test]
 fn a_resume_goes_on_with_its_own_recipe_and_leaves_a_finished_run_alone() {
+    let _rng = serial();
     tch::set_num_threads(1);
     let data = synthetic([140, 35, 35], 16);
     let runs = tempfile::tempdir().unwrap();
@@ -109,6 +121,40 @@ fn a_resume_goes_on_with_its_own_recipe_and_leaves_a_finished_run_alone() {
     // Even a finished run refuses a longer schedule rather than writing weights no record describes.
     blurred.train.epochs = 4;
     assert!(train(&blurred, &data, &resume).unwrap_err().to_string().contains("train.epochs: 2 -> 4"));
+}
+
+#[test]
+fn a_resumed_run_matches_an_uninterrupted_one_with_every_stochastic_lever_on() {
+    let _rng = serial();
+    tch::set_num_threads(1);
+    let data = synthetic([140, 35, 35], 17);
+    let runs = tempfile::tempdir().unwrap();
+    let recipe = |name: &str| {
+        let mut c = tiny_config(name, 4);
+        let layers = c.model.layers.as_mut().unwrap();
+        layers.insert(layers.len() - 1, fer::nn::model::Layer::Dropout { p: 0.3 });
+        let t = &mut c.train;
+        t.optimizer = fer::config::OptimizerKind::Adamw;
+        t.weight_decay = 0.01;
+        t.schedule = fer::train::optim::Schedule::OneCycle { pct_start: 0.3, div_factor: 25.0, final_div_factor: 1e4 };
+        t.label_smoothing = 0.1;
+        t.ema_decay = 0.9;
+        t.average_from = 3;
+        c.augment.crop_padding = 2;
+        c.augment.hflip = true;
+        c.augment.erasing = 0.25;
+        c
+    };
+    let whole = train(&recipe("whole"), &data, &opts(runs.path())).unwrap();
+    assert!(train(&recipe("parts"), &data, &TrainOptions { stop_after: Some(2), ..opts(runs.path()) }).is_err());
+    let parts = train(&recipe("parts"), &data, &TrainOptions { resume: true, ..opts(runs.path()) }).unwrap();
+    let (a, b) = (metrics(&runs.path().join("whole")), metrics(&runs.path().join("parts")));
+    assert_eq!(numbers(&a), numbers(&b));
+    assert_eq!(a.iter().map(|m| (m.lr, m.ema_val_acc)).collect::<Vec<_>>(), b.iter().map(|m| (m.lr, m.ema_val_acc)).collect::<Vec<_>>());
+    let scores = |s: &fer::record::Summary| (s.best_epoch, s.val_acc, s.test_acc, s.test_acc_unseen, s.ema, s.average.as_ref().map(|a| (a.val_acc, a.chosen)));
+    assert_eq!(scores(&whole), scores(&parts));
+    let weights = |run: &str| std::fs::read(runs.path().join(run).join("best.safetensors")).unwrap();
+    assert!(weights("whole") == weights("parts"), "the same best weights, byte for byte");
 }
 
 /// The real thing: SIGKILL the `fer` binary mid-run, resume it, and compare with a clean run.
@@ -207,6 +253,7 @@ fn every_config_builds_and_the_front_keeps_its_budgets() {
 
 #[test]
 fn the_evaluation_blur_is_chosen_on_publictest_before_privatetest() {
+    let _rng = serial();
     tch::set_num_threads(1);
     let data = synthetic([280, 70, 70], 13);
     let runs = tempfile::tempdir().unwrap();
@@ -228,6 +275,7 @@ fn the_evaluation_blur_is_chosen_on_publictest_before_privatetest() {
 
 #[test]
 fn the_weight_ema_competes_each_epoch_and_survives_a_resume() {
+    let _rng = serial();
     tch::set_num_threads(1);
     let data = synthetic([280, 70, 70], 15);
     let runs = tempfile::tempdir().unwrap();
@@ -258,6 +306,7 @@ fn the_weight_ema_competes_each_epoch_and_survives_a_resume() {
 
 #[test]
 fn the_weight_average_competes_on_publictest_and_survives_a_resume() {
+    let _rng = serial();
     tch::set_num_threads(1);
     let data = synthetic([280, 70, 70], 14);
     let runs = tempfile::tempdir().unwrap();

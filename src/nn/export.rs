@@ -66,8 +66,8 @@ pub struct Card {
     /// `fer export --onnx` writes it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub onnx: Option<OnnxCheck>,
-    /// The folded model with its mirror image averaged in (two forward passes), scored at
-    /// export on both test splits, apart from the single pass (absent without the data).
+    /// The model with its mirror image averaged in (two forward passes), scored on both test
+    /// splits when the run finished (`tta = "flip"`), apart from the single pass.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flip_tta: Option<TtaScore>,
 }
@@ -139,7 +139,12 @@ pub fn export(run: &Path, out: &Path, data: Option<&Dataset>) -> anyhow::Result<
         average: summary.average.clone(),
         reproduce,
         onnx: None,
-        flip_tta: data.zip(val_faces.as_ref()).map(|(d, val)| folded.tta_score(val, &d.split(Split::PrivateTest), Tta::Flip)).transpose()?,
+        // As the run scored it when it finished: PrivateTest is not read again here.
+        // Its FLOPs are the folded model's, two passes.
+        flip_tta: summary.tta.clone().filter(|t| t.kind == Tta::Flip).map(|t| {
+            let fvcore_flops = t.views as i64 * flops.fvcore_total;
+            TtaScore { fvcore_flops, efficiency: super::flops::efficiency(100.0 * t.test_acc, fvcore_flops), ..t }
+        }),
     };
     std::fs::create_dir_all(out)?;
     // An ONNX file from earlier weights would contradict these: `export_onnx` writes a new one.

@@ -870,11 +870,18 @@ pub fn copy_named(vs: &nn::VarStore, tensors: &HashMap<String, Tensor>, prefix: 
     Ok(())
 }
 
-/// Writes to a temporary `.safetensors` beside `path`, then renames it into place.
+/// Writes a `.safetensors` file durably (see `data::write_durably`).
 pub fn save_atomic(path: &Path, write: impl FnOnce(&Path) -> anyhow::Result<()>) -> anyhow::Result<()> {
-    let tmp = path.with_extension("partial.safetensors");
-    write(&tmp)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
+    let mut failed = None;
+    let written = crate::data::write_durably(path, |tmp| {
+        write(tmp).map_err(|e| {
+            failed = Some(e);
+            std::io::Error::other("write failed")
+        })
+    });
+    match (failed, written) {
+        (Some(e), _) => Err(e),
+        (None, w) => Ok(w.map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?),
+    }
 }
 

@@ -488,7 +488,7 @@ fn finish(config: &Config, data: &Dataset, dir: &Path, state: &RunState, average
             };
             mean.save(&dir.join("averaged.safetensors"))?;
             if score.chosen {
-                std::fs::copy(dir.join("averaged.safetensors"), dir.join("best.safetensors"))?;
+                crate::data::write_durably(&dir.join("best.safetensors"), |tmp| std::fs::copy(dir.join("averaged.safetensors"), tmp).map(drop))?;
                 val = (eval.accuracy, eval.loss);
             }
             if !opts.quiet {

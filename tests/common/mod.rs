@@ -51,13 +51,26 @@ pub fn write_folder(data: &Dataset, root: &Path) {
     }
 }
 
+/// Notes that the running test skips its real work, and why. cargo hides what passing tests
+/// print, so the note also goes to `target/tmp/skipped-tests.txt`, which `scripts/test.sh`
+/// shows at the end of the run.
+pub fn skip(why: &str) {
+    let test = std::thread::current().name().unwrap_or("a test").to_string();
+    eprintln!("skipped {test}: {why}");
+    let list = Path::new(env!("CARGO_TARGET_TMPDIR")).join("skipped-tests.txt");
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(list) {
+        use std::io::Write;
+        let _ = writeln!(f, "{test}: {why}");
+    }
+}
+
 /// The real data set, or None (with a message) where it is absent.
 pub fn real_data() -> Option<PathBuf> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/fer2013");
     if path.join("train").is_dir() {
         Some(path)
     } else {
-        eprintln!("skipped: the real FER-2013 data is not at {}", path.display());
+        skip(&format!("the real FER-2013 data is not at {}", path.display()));
         None
     }
 }
