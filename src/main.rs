@@ -219,7 +219,7 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
-    /// The main job, about 15 minutes: data analysed, the notebook's baseline (its committed
+    /// The main job, about 11 minutes: data analysed, the notebook's baseline (its committed
     /// record), the speedrun model trained to 10 minutes, PrivateTest once each, FLOPs and
     /// efficiency, predictions, the report. Killed, a rerun continues.
     Pipeline {
