@@ -98,15 +98,9 @@ def rel(path):
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
-def python_env():
-    """The reference Python: a venv with torch==2.11.0 and torchvision==0.26.0 (as bench_vs_torch.py)."""
-    python = VENV / "bin" / "python"
-    if not python.exists():
-        print("installing torch==2.11.0 and torchvision==0.26.0 into .deps/torch-ref ...", file=sys.stderr)
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                        "torch==2.11.0", "torchvision==0.26.0"], check=True)
-    return str(python)
+# The reference Python (a venv with torch==2.11.0 and torchvision==0.26.0) is bench_vs_torch.py's.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_vs_torch import python_env  # noqa: E402
 
 
 def reexec_with_torch():

@@ -168,14 +168,15 @@ pub fn run(opts: &PipelineOptions) -> anyhow::Result<PipelineRecord> {
 
     record.total_seconds = started.elapsed().as_secs_f64();
     std::fs::write(opts.runs.join("pipeline.json"), serde_json::to_vec_pretty(&record)?)?;
+    let baseline = summary_of(&baseline_dir)?;
     println!(
         "\nfer pipeline done in {}: {} PrivateTest {:.2}% at {:.1} %/GFLOP against the baseline's {:.2}% at {:.1}; report {}, predictions {}",
         crate::progress::duration_in_words(record.total_seconds),
         speedrun.name,
         100.0 * speedrun.test_acc,
         speedrun.efficiency,
-        100.0 * summary_of(&baseline_dir)?.test_acc,
-        summary_of(&baseline_dir)?.efficiency,
+        100.0 * baseline.test_acc,
+        baseline.efficiency,
         report.display(),
         grid.display()
     );

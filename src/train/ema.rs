@@ -16,6 +16,9 @@ pub struct Ema {
     /// The averaged network, ready to evaluate or save.
     pub model: Trained,
     decay: f64,
+    /// (average, trained variable) pairs, matched by name once: the optimizer updates the
+    /// trained variables in place, so these handles stay valid for the whole run.
+    pairs: Vec<(Tensor, Tensor)>,
 }
 
 impl Ema {
@@ -24,7 +27,8 @@ impl Ema {
         let model = Trained::new(config, device)?;
         let start: HashMap<String, Tensor> = from.vs.variables();
         copy_named(&model.vs, &start, "")?;
-        Ok(Ema { model, decay: config.train.ema_decay })
+        let pairs = model.vs.variables().into_iter().filter_map(|(name, average)| start.get(&name).map(|v| (average, v.shallow_clone()))).collect();
+        Ok(Ema { model, decay: config.train.ema_decay, pairs })
     }
 
     /// The decay after `steps` optimizer steps: short at first (the average of about the steps
@@ -34,18 +38,15 @@ impl Ema {
         self.decay.min((1.0 + steps) / (10.0 + steps))
     }
 
-    /// Moves the average towards `from`'s weights after optimizer step number `steps`.
-    pub fn update(&mut self, from: &Trained, steps: i64) {
+    /// Moves the average towards the trained weights after optimizer step number `steps`.
+    pub fn update(&mut self, steps: i64) {
         let d = self.decay_at(steps);
-        let current = from.vs.variables();
         tch::no_grad(|| {
-            for (name, mut average) in self.model.vs.variables() {
-                if let Some(value) = current.get(&name) {
-                    if average.is_floating_point() {
-                        let _ = average.lerp_(value, 1.0 - d);
-                    } else {
-                        average.copy_(value);
-                    }
+            for (average, value) in &mut self.pairs {
+                if average.is_floating_point() {
+                    let _ = average.lerp_(value, 1.0 - d);
+                } else {
+                    average.copy_(value);
                 }
             }
         });
@@ -86,7 +87,7 @@ mod tests {
         assert!((ema.decay_at(0) - 0.1).abs() < 1e-12);
         assert_eq!(ema.decay_at(1000), 0.9);
         tch::no_grad(|| weight.copy_(&(&start + 1.0)));
-        ema.update(&model, 1000);
+        ema.update(1000);
         let averaged = &ema.model.vs.variables()[&name];
         assert!(averaged.allclose(&(&start + 0.1), 1e-5, 1e-6, false), "0.9 x old + 0.1 x new");
         // Back from a checkpoint, the same numbers.

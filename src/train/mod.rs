@@ -265,7 +265,7 @@ pub fn train(config: &Config, data: &Dataset, opts: &TrainOptions) -> anyhow::Re
             }
             optimizer.step();
             if let Some(ema) = &mut ema {
-                ema.update(&model, optimizer.steps);
+                ema.update(optimizer.steps);
             }
             loss_sum += loss.double_value(&[]) * len as f64;
             correct += out.argmax(-1, false).eq_tensor(&yb).sum(Kind::Int64).int64_value(&[]);
