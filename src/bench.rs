@@ -79,18 +79,11 @@ fn serve(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
     let mut jpeg = std::io::Cursor::new(Vec::new());
     image.crop_imm(0, 180, 960, 720).resize_exact(640, 480, image::imageops::FilterType::Triangle).write_to(&mut jpeg, image::ImageFormat::Jpeg)?;
     let body = jpeg.into_inner();
-    let options = crate::serve::ServeOptions {
-        model: crate::predict::default_model()?,
-        max_body: 10_000_000,
-        queue: 64,
-        workers: 1,
-        detector: Default::default(),
-    };
-    let app = crate::serve::app(options)?;
+    let options = crate::serve::ServeOptions { model: crate::predict::default_model()?, queue: 64, ..Default::default() };
     let runtime = tokio::runtime::Runtime::new()?;
     let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
     let url = format!("http://{}/api/predict", listener.local_addr()?);
-    runtime.spawn(async move { axum::serve(listener, app).await });
+    runtime.spawn(crate::serve::serve_on(listener, options, std::future::pending()));
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
     let post = |agent: &ureq::Agent| agent.post(&url).header("Content-Type", "image/jpeg").send(&body[..]).map(|r| r.status().as_u16()).unwrap_or(0);
     for _ in 0..args.warmup {

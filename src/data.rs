@@ -555,9 +555,14 @@ pub fn write_durably(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<(
     let suffix = path.extension().map_or(String::new(), |e| format!(".{}", e.to_string_lossy()));
     let tmp = tempfile::Builder::new().prefix(".tmp").suffix(&suffix).tempfile_in(dir)?.into_temp_path();
     write(&tmp)?;
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    // Written but not yet durable or in place: the file is only a temporary one.
+    crate::crash::point(&format!("write:{name}"));
     std::fs::File::open(&tmp)?.sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
-    std::fs::File::open(dir)?.sync_all()
+    std::fs::File::open(dir)?.sync_all()?;
+    crate::crash::point(&format!("written:{name}"));
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::config::Tta;
 use crate::data::{normalize, Faces, CLASSES, NUM_CLASSES, SIDE};
+use crate::nn::blur::blur;
 use crate::nn::model::Trained;
 use crate::record::TtaScore;
 
@@ -22,27 +23,6 @@ fn views(side: i64, tta: Tta) -> Vec<(i64, i64, bool)> {
             crops.iter().flat_map(|&(y, x)| [(y, x, false), (y, x, true)]).collect()
         }
     }
-}
-
-/// The 1-D Gaussian kernel of `sigma`, radius 3 sigma, summing to one.
-pub fn gaussian_kernel(sigma: f64) -> Vec<f32> {
-    let r = (3.0 * sigma).ceil() as i64;
-    let g: Vec<f64> = (-r..=r).map(|d| (-((d * d) as f64) / (2.0 * sigma * sigma)).exp()).collect();
-    let total: f64 = g.iter().sum();
-    g.iter().map(|v| (v / total) as f32).collect()
-}
-
-/// A separable Gaussian blur of `[N, 1, H, W]` images, edges replicated (shape kept).
-pub fn blur(x: &Tensor, sigma: f64) -> Tensor {
-    if sigma <= 0.0 {
-        return x.shallow_clone();
-    }
-    let g = Tensor::from_slice(&gaussian_kernel(sigma)).to_device(x.device());
-    let k = g.size()[0];
-    let r = k / 2;
-    let padded = x.pad([r, r, r, r], "replicate", None::<f64>);
-    let rows = padded.conv2d(&g.reshape([1, 1, 1, k]), None::<Tensor>, [1, 1], [0, 0], [1, 1], 1);
-    rows.conv2d(&g.reshape([1, 1, k, 1]), None::<Tensor>, [1, 1], [0, 0], [1, 1], 1)
 }
 
 /// The faces in batches of at most `batch_size`, as every model sees them before its crop: on
@@ -238,6 +218,13 @@ impl Trained {
         logits(&self.net, faces, t.eval_batch_size, self.vs.device(), t.input_size, tta, t.eval_blur)
     }
 
+    /// Softmax probabilities of the single pass, one row of 7 per face.
+    pub fn probabilities(&self, faces: &Faces) -> Vec<[f32; NUM_CLASSES]> {
+        let probs = self.logits(faces).softmax(-1, Kind::Float);
+        let flat: Vec<f32> = Vec::try_from(probs.flatten(0, -1)).unwrap_or_default();
+        flat.chunks(NUM_CLASSES).map(|c| c.try_into().unwrap()).collect()
+    }
+
     pub fn evaluate(&self, faces: &Faces) -> Evaluation {
         evaluate_faces(&self.logits(faces), faces)
     }
@@ -272,21 +259,6 @@ pub fn ensemble_logits(models: &[Trained], faces: &Faces, tta: Tta) -> Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn blur_keeps_shape_and_constants_and_smooths_edges() {
-        let k = gaussian_kernel(1.5);
-        assert_eq!(k.len(), 11);
-        assert!((k.iter().sum::<f32>() - 1.0).abs() < 1e-6);
-        let flat = Tensor::full([2, 1, 48, 48], 0.3, (Kind::Float, Device::Cpu));
-        let b = blur(&flat, 2.0);
-        assert_eq!(b.size(), [2, 1, 48, 48]);
-        assert!((b - 0.3).abs().max().double_value(&[]) < 1e-5);
-        let edge = Tensor::cat(&[Tensor::zeros([1, 1, 48, 24], (Kind::Float, Device::Cpu)), Tensor::ones([1, 1, 48, 24], (Kind::Float, Device::Cpu))], 3);
-        let e = blur(&edge, 2.0);
-        let (left, right) = (e.double_value(&[0, 0, 10, 23]), e.double_value(&[0, 0, 10, 24]));
-        assert!(left > 0.05 && left < 0.5 && right > 0.5 && right < 0.95, "{left} {right}");
-    }
 
     #[test]
     fn combined_scores_are_the_log_of_the_mean_probability() {

@@ -1,6 +1,6 @@
 //! `fer`: facial-expression recognition on FER-2013, end to end.
 //!
-//! Data flows one way: `config` and `data` at the bottom, `record` (run records) above them and
+//! Data flows one way: `config`, `data` and `crash` (the crash points of the kill tests) at the bottom, `record` (run records) above them and
 //! below everything else, `nn` (networks, their FLOPs, folding, export and ONNX), `train` (the
 //! loop, losses, optimizers, augmentation), `eval` (trained models loaded and scored), then what
 //! uses them: `stats`, `plot`, `ablate`, `report` and `pipeline` (the main job) for the competition, and the face pipeline
@@ -9,6 +9,7 @@
 pub mod ablate;
 pub mod bench;
 pub mod config;
+pub mod crash;
 pub mod data;
 pub mod eval;
 pub mod face;

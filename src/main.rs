@@ -128,6 +128,25 @@ enum Command {
         /// Smallest face the detector searches for, in pixels.
         #[arg(long, default_value_t = 40.0)]
         min_face: f64,
+        /// Seconds a connection has to send its request headers.
+        #[arg(long, default_value_t = 10.0)]
+        header_timeout: f64,
+        /// Seconds an admitted request has to send its body.
+        #[arg(long, default_value_t = 30.0)]
+        body_timeout: f64,
+        /// Seconds within which every request is answered (503 past it).
+        #[arg(long, default_value_t = 60.0)]
+        request_timeout: f64,
+        /// Connections open at once (lowered to fit the open-file limit).
+        #[arg(long, default_value_t = 512)]
+        max_connections: usize,
+        /// The key clients must send (`Authorization: Bearer KEY` or `X-Api-Key: KEY`); needed
+        /// when the server listens beyond loopback, unless --open.
+        #[arg(long, env = "FER_API_KEY", hide_env_values = true)]
+        api_key: Option<String>,
+        /// Listen beyond loopback without an API key.
+        #[arg(long)]
+        open: bool,
     },
     /// Face detection: calibrate the FER-2013 framing.
     Detect {
@@ -391,13 +410,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let data = fer::data::load(&cli.data)?;
             println!("{}", fer::ablate::run(&ablation, &base, &data, &runs, &out)?);
         }
-        Command::Serve { model, host, port, max_body_mb, queue, workers, min_face } => {
+        Command::Serve { model, host, port, max_body_mb, queue, workers, min_face, header_timeout, body_timeout, request_timeout, max_connections, api_key, open } => {
+            let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+            anyhow::ensure!(
+                loopback || api_key.is_some() || open,
+                "fer serve on {host} answers the network: give it a key (--api-key KEY, or FER_API_KEY) or say --open to serve without one"
+            );
+            let seconds = |s: f64, flag: &str| {
+                anyhow::ensure!(s > 0.0 && s.is_finite(), "--{flag} must be a positive number of seconds, not {s}");
+                Ok(std::time::Duration::from_secs_f64(s))
+            };
             let options = fer::serve::ServeOptions {
                 model: model.map_or_else(fer::predict::default_model, Ok)?,
                 max_body: (max_body_mb * 1e6) as usize,
                 queue,
                 workers,
                 detector: fer::face::detect::DetectorOptions { min_face, ..Default::default() },
+                header_timeout: seconds(header_timeout, "header-timeout")?,
+                body_timeout: seconds(body_timeout, "body-timeout")?,
+                request_timeout: seconds(request_timeout, "request-timeout")?,
+                max_connections,
+                api_key: api_key.filter(|k| !k.is_empty()),
             };
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(fer::serve::serve(options, &host, port))?;

@@ -96,8 +96,9 @@ pub enum Sampling {
     EverySeconds(f64),
 }
 
-/// A video's size, frame rate and length, from `ffprobe`.
-#[derive(Clone, Copy, Debug)]
+/// A video's size as its frames are shown (rotation applied), frame rate and length, from
+/// `ffprobe`.
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct VideoInfo {
     pub width: u32,
     pub height: u32,
@@ -109,19 +110,42 @@ fn ffmpeg_missing(tool: &str, e: std::io::Error) -> String {
     format!("cannot run {tool} ({e}): videos need ffmpeg (Debian: apt-get install ffmpeg; scripts/env.sh installs it)")
 }
 
+/// Input options for ffprobe and ffmpeg: local files of the usual video containers only, so a
+/// crafted file (a playlist, a concat list) cannot make ffmpeg open other files or the network.
+const INPUT_WHITELIST: [&str; 4] = ["-protocol_whitelist", "file,pipe", "-format_whitelist", "mov,mp4,m4a,3gp,3g2,mj2,avi,matroska,webm,mpeg,mpegvideo,mpegts,asf,flv"];
+
 pub fn probe(path: &Path) -> Result<VideoInfo, String> {
     let out = Command::new("ffprobe")
-        .args(["-v", "error", "-select_streams", "v:0", "-show_entries", "stream=width,height,avg_frame_rate,r_frame_rate:format=duration", "-of", "json"])
+        .args(["-v", "error"])
+        .args(INPUT_WHITELIST)
+        .args(["-select_streams", "v:0", "-show_entries", "stream=width,height,avg_frame_rate,r_frame_rate:stream_tags=rotate:stream_side_data=rotation:format=duration", "-of", "json"])
         .arg(path)
         .output()
         .map_err(|e| ffmpeg_missing("ffprobe", e))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    video_info(&json).map_err(|why| match why {
+        Some(why) => why,
+        None => format!("ffmpeg cannot read it as a video: {}", String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("no video stream")),
+    })
+}
+
+/// What ffprobe's JSON says of the first video stream; Err(None) when it has none.
+fn video_info(json: &serde_json::Value) -> Result<VideoInfo, Option<String>> {
     let stream = &json["streams"][0];
-    let (Some(width), Some(height)) = (stream["width"].as_u64(), stream["height"].as_u64()) else {
-        let why = String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("no video stream").to_string();
-        return Err(format!("ffmpeg cannot read it as a video: {why}"));
-    };
+    let (Some(width), Some(height)) = (stream["width"].as_u64(), stream["height"].as_u64()) else { return Err(None) };
+    // Refused before a frame buffer is made for it.
+    if width.max(height) > MAX_SIDE as u64 || width * height > MAX_PIXELS {
+        return Err(Some(format!("its frames are {width}x{height} pixels, over the limit of {} megapixels ({MAX_SIDE} px a side): refused", MAX_PIXELS / 1_000_000)));
+    }
+    // A phone's video is stored as shot and shown rotated: ffmpeg hands over the frames as
+    // shown, so a quarter turn swaps the sides.
+    let rotation = stream["side_data_list"]
+        .as_array()
+        .and_then(|l| l.iter().find_map(|d| d["rotation"].as_f64()))
+        .or_else(|| stream["tags"]["rotate"].as_str().and_then(|r| r.parse().ok()))
+        .unwrap_or(0.0);
+    let quarter_turn = (rotation.round() as i64).rem_euclid(180) == 90;
+    let (width, height) = if quarter_turn { (height, width) } else { (width, height) };
     let rate = |key: &str| -> Option<f64> {
         let (n, d) = stream[key].as_str()?.split_once('/')?;
         let (n, d): (f64, f64) = (n.parse().ok()?, d.parse().ok()?);
@@ -138,6 +162,9 @@ pub struct Frames {
     pub info: VideoInfo,
     sampling: Sampling,
     next: u64,
+    /// ffmpeg's messages, read as they come on a thread of their own (unread, a video with
+    /// many decode errors would fill the pipe and stop ffmpeg and us both).
+    messages: Option<std::thread::JoinHandle<String>>,
 }
 
 impl Frames {
@@ -147,15 +174,19 @@ impl Frames {
             Sampling::EveryNth(n) => format!("select=not(mod(n\\,{}))", n.max(1)),
             Sampling::EverySeconds(t) => format!("fps=1/{t}"),
         };
-        let child = Command::new("ffmpeg")
-            .args(["-v", "error", "-nostdin", "-i"])
+        let mut child = Command::new("ffmpeg")
+            .args(["-v", "error", "-nostdin"])
+            .args(INPUT_WHITELIST)
+            .arg("-i")
             .arg(path)
-            .args(["-vf", &filter, "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
+            // The size probe() promised, whatever the stream says later.
+            .args(["-vf", &format!("{filter},scale={}:{}", info.width, info.height), "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| ffmpeg_missing("ffmpeg", e))?;
-        Ok(Frames { child, info, sampling, next: 0 })
+        let messages = child.stderr.take().map(|stderr| std::thread::spawn(move || last_lines(stderr, 64 * 1024)));
+        Ok(Frames { child, info, sampling, next: 0, messages })
     }
 
     /// The time of the k-th sampled frame, in seconds.
@@ -176,11 +207,10 @@ impl Frames {
 
     /// What ffmpeg said on the way out, when it failed.
     pub fn finish(mut self) -> Result<(), String> {
+        // Stop reading early (the caller may not want every frame): ffmpeg ends on its own.
+        drop(self.child.stdout.take());
         let status = self.child.wait().map_err(|e| e.to_string())?;
-        let mut err = String::new();
-        if let Some(mut e) = self.child.stderr.take() {
-            let _ = e.read_to_string(&mut err);
-        }
+        let err = self.messages.take().and_then(|m| m.join().ok()).unwrap_or_default();
         if status.success() {
             Ok(())
         } else {
@@ -201,6 +231,21 @@ impl Iterator for Frames {
         self.next += 1;
         Some((k, RgbImage::from_raw(w, h, buf)?))
     }
+}
+
+/// The last `keep` bytes of what a reader says, read to its end.
+fn last_lines(mut reader: impl Read, keep: usize) -> String {
+    let mut tail: std::collections::VecDeque<u8> = std::collections::VecDeque::new();
+    let mut chunk = [0u8; 4096];
+    while let Ok(n) = reader.read(&mut chunk) {
+        if n == 0 {
+            break;
+        }
+        tail.extend(&chunk[..n]);
+        let excess = tail.len().saturating_sub(keep);
+        tail.drain(..excess);
+    }
+    String::from_utf8_lossy(tail.make_contiguous()).into_owned()
 }
 
 /// An `ffmpeg` encoder fed RGB frames on its standard input (an annotated video).
@@ -265,6 +310,31 @@ mod tests {
         let mut trailing = jpeg.clone();
         trailing.extend_from_slice(b"data some cameras append");
         assert!(decode_image(&trailing).is_ok(), "bytes after the end marker are fine");
+    }
+
+    #[test]
+    fn probed_videos_are_sized_as_shown_and_huge_ones_refused() {
+        let probe = |stream: serde_json::Value| video_info(&serde_json::json!({ "streams": [stream], "format": { "duration": "2.5" } }));
+        let plain = probe(serde_json::json!({ "width": 596, "height": 336, "avg_frame_rate": "30/1" })).unwrap();
+        assert_eq!(plain, VideoInfo { width: 596, height: 336, fps: 30.0, seconds: 2.5 });
+        // A phone's clip, stored landscape and shown portrait: by its display matrix, or by
+        // the older rotate tag.
+        let matrix = probe(serde_json::json!({ "width": 596, "height": 336, "avg_frame_rate": "30/1", "side_data_list": [{ "side_data_type": "Display Matrix", "rotation": -90 }] })).unwrap();
+        assert_eq!((matrix.width, matrix.height), (336, 596));
+        let tag = probe(serde_json::json!({ "width": 596, "height": 336, "r_frame_rate": "25/1", "tags": { "rotate": "270" } })).unwrap();
+        assert_eq!((tag.width, tag.height, tag.fps), (336, 596, 25.0));
+        let half = probe(serde_json::json!({ "width": 596, "height": 336, "tags": { "rotate": "180" } })).unwrap();
+        assert_eq!((half.width, half.height), (596, 336));
+        let err = probe(serde_json::json!({ "width": 65535, "height": 65535 })).unwrap_err().unwrap();
+        assert!(err.contains("65535x65535 pixels, over the limit"), "{err}");
+        assert_eq!(video_info(&serde_json::json!({ "streams": [] })), Err(None));
+    }
+
+    #[test]
+    fn the_last_lines_of_a_long_message_are_kept() {
+        let long: Vec<u8> = (0..100_000).map(|i| b'a' + (i % 26) as u8).collect();
+        let tail = last_lines(&long[..], 1000);
+        assert_eq!(tail.as_bytes(), &long[long.len() - 1000..]);
     }
 
     #[test]

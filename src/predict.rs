@@ -7,7 +7,6 @@ use plotters::style::RGBColor;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use tch::Kind;
 
 use crate::data::{Dataset, Faces, Split, CLASSES, NUM_CLASSES, PIXELS};
 use crate::face::{argmax, Analysis, FaceResult, Pipeline};
@@ -22,13 +21,6 @@ pub fn default_model() -> anyhow::Result<PathBuf> {
         .into_iter()
         .find(|p| p.join("config.toml").is_file())
         .ok_or_else(|| anyhow::anyhow!("no model found: pass --model <run or model folder> (e.g. runs/baseline after `fer train`)"))
-}
-
-/// Softmax probabilities, one row of 7 per face.
-pub fn probabilities(model: &Trained, faces: &Faces) -> Vec<[f32; NUM_CLASSES]> {
-    let probs = model.logits(faces).softmax(-1, Kind::Float);
-    let flat: Vec<f32> = Vec::try_from(probs.flatten(0, -1)).unwrap_or_default();
-    flat.chunks(NUM_CLASSES).map(|c| c.try_into().unwrap()).collect()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -173,12 +165,22 @@ fn expand(inputs: &[PathBuf]) -> Vec<Result<PathBuf, (String, String)>> {
     out
 }
 
+/// The images and videos under `dir`, each folder once: a symbolic link back up the tree (a
+/// loop) is not followed again.
 fn walk(dir: &Path, found: &mut Vec<PathBuf>) {
+    walk_once(dir, found, &mut std::collections::HashSet::new());
+}
+
+fn walk_once(dir: &Path, found: &mut Vec<PathBuf>, seen: &mut std::collections::HashSet<PathBuf>) {
+    let Ok(real) = dir.canonicalize() else { return };
+    if !seen.insert(real) {
+        return;
+    }
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
         let p = entry.path();
         if p.is_dir() {
-            walk(&p, found);
+            walk_once(&p, found, seen);
         } else if media::has_extension(&p, &media::IMAGE_EXTENSIONS) || media::has_extension(&p, &media::VIDEO_EXTENSIONS) {
             found.push(p);
         }
@@ -192,12 +194,13 @@ pub fn run(pipeline: &Pipeline, inputs: &[PathBuf], opts: &PredictOptions) -> an
         std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
     }
     let items = expand(inputs);
+    let stems = annotated_stems(&items);
     let bar = crate::progress::bar(items.len(), "predict", opts.quiet || items.len() < 2);
     let mut sink = Sink { format: opts.format, header_written: false };
     let mut tally = Tally::default();
     let started = Instant::now();
     let stdout = std::io::stdout();
-    for item in &items {
+    for (item, stem) in items.iter().zip(&stems) {
         let path = match item {
             Ok(p) => p,
             Err((name, why)) => {
@@ -210,9 +213,9 @@ pub fn run(pipeline: &Pipeline, inputs: &[PathBuf], opts: &PredictOptions) -> an
         let mut out = stdout.lock();
         let result = bar.suspend(|| {
             if media::has_extension(path, &media::VIDEO_EXTENSIONS) {
-                video(pipeline, path, &name, opts, &mut sink, &mut tally, &mut out)
+                video(pipeline, path, stem, &name, opts, &mut sink, &mut tally, &mut out)
             } else {
-                photo(pipeline, path, &name, opts, &mut sink, &mut tally, &mut out)
+                photo(pipeline, path, stem, &name, opts, &mut sink, &mut tally, &mut out)
             }
         });
         if let Err(why) = result {
@@ -264,7 +267,8 @@ impl Tally {
     }
 }
 
-fn photo(pipeline: &Pipeline, path: &Path, name: &str, opts: &PredictOptions, sink: &mut Sink, tally: &mut Tally, out: &mut impl Write) -> Result<(), String> {
+#[allow(clippy::too_many_arguments)]
+fn photo(pipeline: &Pipeline, path: &Path, stem: &str, name: &str, opts: &PredictOptions, sink: &mut Sink, tally: &mut Tally, out: &mut impl Write) -> Result<(), String> {
     let t = Instant::now();
     let bytes = if path.as_os_str() == "-" { media::read_stdin()? } else { std::fs::read(path).map_err(|e| format!("cannot read: {e}"))? };
     let image = media::decode_image(&bytes).map_err(|e| e.to_string())?;
@@ -282,20 +286,38 @@ fn photo(pipeline: &Pipeline, path: &Path, name: &str, opts: &PredictOptions, si
     if let Some(dir) = &opts.annotate {
         let mut rgb = image.to_rgb8();
         crate::plot::annotate(&mut rgb, &analysis.faces).map_err(|e| e.to_string())?;
-        let dest = dir.join(annotated_name(path, "png"));
+        let dest = dir.join(annotated_name(stem, "png"));
         rgb.save(&dest).map_err(|e| format!("writing {}: {e}", dest.display()))?;
     }
     Ok(())
 }
 
-/// The annotated copy's file name: the input's, with `extension`.
-fn annotated_name(path: &Path, extension: &str) -> String {
-    let stem = path.file_stem().map_or("stdin".into(), |s| s.to_string_lossy().into_owned());
-    let stem = if stem == "-" { "stdin".to_string() } else { stem };
+/// The annotated copy's file name for an input named `stem`, with `extension`.
+fn annotated_name(stem: &str, extension: &str) -> String {
     format!("{stem}.annotated.{extension}")
 }
 
-fn video(pipeline: &Pipeline, path: &Path, name: &str, opts: &PredictOptions, sink: &mut Sink, tally: &mut Tally, out: &mut impl Write) -> Result<(), String> {
+/// Each input's name in `--annotate`'s folder: its file's stem, and where two inputs share one
+/// (`a/x.jpg`, `b/x.png`) the later ones numbered (`x-2`), so no copy overwrites another.
+fn annotated_stems(items: &[Result<PathBuf, (String, String)>]) -> Vec<String> {
+    let mut used = std::collections::HashSet::<String>::new();
+    items
+        .iter()
+        .map(|item| {
+            let stem = match item {
+                Ok(p) if p.as_os_str() != "-" => p.file_stem().map_or("stdin".into(), |s| s.to_string_lossy().into_owned()),
+                _ => "stdin".to_string(),
+            };
+            // Case-insensitively: some file systems would still put two copies in one file.
+            let name = (1..).map(|n| if n == 1 { stem.clone() } else { format!("{stem}-{n}") }).find(|s| !used.contains(&s.to_lowercase())).expect("a free name");
+            used.insert(name.to_lowercase());
+            name
+        })
+        .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn video(pipeline: &Pipeline, path: &Path, stem: &str, name: &str, opts: &PredictOptions, sink: &mut Sink, tally: &mut Tally, out: &mut impl Write) -> Result<(), String> {
     let t = Instant::now();
     let mut frames = media::Frames::open(path, opts.sampling)?;
     let info = frames.info;
@@ -304,7 +326,7 @@ fn video(pipeline: &Pipeline, path: &Path, name: &str, opts: &PredictOptions, si
         Sampling::EverySeconds(s) => 1.0 / s,
     };
     let mut writer = match &opts.annotate {
-        Some(dir) => Some(media::VideoWriter::create(&dir.join(annotated_name(path, "mp4")), info.width, info.height, rate)?),
+        Some(dir) => Some(media::VideoWriter::create(&dir.join(annotated_name(stem, "mp4")), info.width, info.height, rate)?),
         None => None,
     };
     // Per sampled frame: its time and the probabilities of its largest face (if any).
@@ -347,7 +369,7 @@ fn video(pipeline: &Pipeline, path: &Path, name: &str, opts: &PredictOptions, si
     }
     eprintln!("{name}: {} frames sampled over {:.1} s, {} with a face: {}", timeline.len(), info.seconds, with_face.len(), shares.join(", "));
     if let Some(dir) = &opts.annotate {
-        let dest = dir.join(annotated_name(path, "summary.png"));
+        let dest = dir.join(annotated_name(stem, "summary.png"));
         crate::plot::emotion_timeline(&dest, name, &timeline).map_err(|e| e.to_string())?;
     }
     Ok(())
@@ -364,7 +386,7 @@ pub fn random_grid(model: &Trained, data: &Dataset, split: Split, n: usize, seed
         faces.pixels.extend_from_slice(data.image(i));
         faces.labels.push(data.labels[i]);
     }
-    let probs = probabilities(model, &faces);
+    let probs = model.probabilities(&faces);
     let mut right = 0;
     let tiles: Vec<Tile> = probs
         .iter()

@@ -97,7 +97,7 @@ pub struct Summary {
     pub fvcore_flops: i64,
     /// test accuracy in % per fvcore GFLOP.
     pub efficiency: f64,
-    /// Test-time augmentation, scored separately: its views cost views x the FLOPs.
+    /// Test-time augmentation, scored separately: the network runs once per view (the blur once).
     #[serde(default)]
     pub tta: Option<TtaScore>,
     /// The evaluation blur the scores use, and PublicTest at each candidate when it was chosen.

@@ -62,7 +62,7 @@ pub fn matching_blur(data: &Dataset, sharpness: &BTreeMap<String, f64>) -> Optio
     }
     let x = tch::Tensor::from_slice(&test.pixels).reshape([test.len() as i64, 1, 48, 48]).to_kind(tch::Kind::Float);
     let smoothness = |sigma: f64| {
-        let b = crate::eval::blur(&x, sigma);
+        let b = crate::nn::blur::blur(&x, sigma);
         (b.narrow(3, 1, 47) - b.narrow(3, 0, 47)).abs().mean(tch::Kind::Float).double_value(&[])
     };
     // Within 10% the splits are equally sharp: noise, not a blur worth naming.

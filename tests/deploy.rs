@@ -165,7 +165,8 @@ fn shipped_models_reproduce_their_cards() {
         let card: Card = serde_json::from_slice(&std::fs::read(dir.join("card.json")).unwrap()).unwrap();
         let name = card.name.clone();
         let model = Trained::load(&dir, tch::Device::Cpu).unwrap();
-        let acc = model.evaluate(&test).accuracy;
+        let scored = model.evaluate(&test);
+        let acc = scored.accuracy;
         // The card's figure is the run's own PrivateTest score, before folding: allow the one
         // face a float rounding may flip.
         assert!(
@@ -173,6 +174,16 @@ fn shipped_models_reproduce_their_cards() {
             "{name}: PrivateTest {:.2}%, card {:.2}%",
             100.0 * acc,
             100.0 * card.test_acc
+        );
+        // And its leak-aware score, over the PrivateTest faces with no twin in Training.
+        let unseen = scored.unseen.unwrap_or_else(|| panic!("{name}: no leak-aware score from the real data"));
+        assert_eq!(Some(unseen.faces), card.test_unseen_faces, "{name}: faces without a twin in Training");
+        let card_unseen = card.test_acc_unseen.unwrap_or_else(|| panic!("{name}: the card has no leak-aware score"));
+        assert!(
+            (unseen.accuracy - card_unseen).abs() * unseen.faces as f64 <= 1.0,
+            "{name}: leak-aware PrivateTest {:.2}%, card {:.2}%",
+            100.0 * unseen.accuracy,
+            100.0 * card_unseen
         );
         let flops = fer::nn::flops::count_config(&model.config).unwrap().fvcore_total;
         assert_eq!(flops, card.fvcore_flops, "{name}: the card's FLOPs are the folded model's");
@@ -316,4 +327,39 @@ fn shipped_models_run_the_same_through_onnx() {
     }
     checked.sort();
     assert!(checked.contains(&"tiny".to_string()) && checked.contains(&"accurate".to_string()), "checked {checked:?}");
+}
+
+/// Every shipped model.onnx in onnxruntime, the reference ONNX runtime, beside libtorch: fer's
+/// files are checked by a runtime other than its own (scripts/onnxruntime_check.py).
+#[test]
+fn shipped_models_run_the_same_in_onnxruntime() {
+    tch::set_num_threads(2);
+    let faces = check_faces();
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("faces.u8");
+    std::fs::write(&raw, &faces.pixels).unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let folders = shipped_model_folders();
+    let onnx: Vec<_> = folders.iter().map(|d| d.join("model.onnx")).collect();
+    let out = std::process::Command::new("python3").arg(root.join("scripts/onnxruntime_check.py")).arg(&raw).args(&onnx).output();
+    let out = match out {
+        Ok(o) if o.status.success() => o,
+        Ok(o) => return common::skip(&format!("onnxruntime could not run (no network for its install?): {}", String::from_utf8_lossy(&o.stderr).trim())),
+        Err(e) => return common::skip(&format!("python3 is not installed: {e}")),
+    };
+    let answers: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for (dir, path) in folders.iter().zip(&onnx) {
+        let answer = &answers[path.to_str().unwrap()];
+        assert_eq!(answer["outputs"], serde_json::json!(["logits", "probabilities"]), "{}", path.display());
+        let theirs: Vec<f64> = answer["probabilities"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let model = Trained::load(dir, tch::Device::Cpu).unwrap();
+        let ours: Vec<f32> = Vec::try_from(model.logits(&faces).softmax(-1, tch::Kind::Float).flatten(0, -1)).unwrap();
+        assert_eq!(theirs.len(), ours.len(), "{}: {} faces x 7", path.display(), faces.len());
+        let diff = ours.iter().zip(&theirs).map(|(&a, &b)| (a as f64 - b).abs()).fold(0.0, f64::max);
+        assert!(diff < 1e-4, "{}: onnxruntime's probabilities differ from libtorch's by {diff:.2e}", path.display());
+        let label = |p: &[f64]| (0..7).max_by(|&a, &b| p[a].total_cmp(&p[b])).unwrap();
+        let ours: Vec<f64> = ours.iter().map(|&v| v as f64).collect();
+        let same = ours.chunks(7).zip(theirs.chunks(7)).filter(|(a, b)| label(a) == label(b)).count();
+        assert_eq!(same, faces.len(), "{}: the same label on every face", path.display());
+    }
 }

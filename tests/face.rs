@@ -11,9 +11,9 @@ fn the_detector_finds_the_solvay_conference() {
     let photo = image::open(fixture("solvay-1927.jpg")).unwrap().to_rgb8();
     let detector = FaceDetector::new(DetectorOptions::default()).unwrap();
     let faces = detector.detect(&photo);
-    // 29 people sit or stand in the photo: at least 25 found, none twice, and no box in the
-    // caption strip below them.
-    assert!((25..=29).contains(&faces.len()), "{} faces", faces.len());
+    // 29 people sit or stand in the photo: all found, none twice, and no box in the caption
+    // strip below them.
+    assert_eq!(faces.len(), 29, "{} faces", faces.len());
     assert!(faces.iter().all(|f| f.bbox.y + f.bbox.h < 860.0 && f.score > 0.7));
     for (i, a) in faces.iter().enumerate() {
         for b in &faces[i + 1..] {
@@ -94,12 +94,14 @@ fn predict_labels_every_face_and_names_every_bad_input() {
     // One JSON line per face, with the documented fields; the good files were all processed.
     let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let in_file = |name: &str| lines.iter().filter(|l| l["file"].as_str().unwrap().ends_with(name)).count();
-    assert!(in_file("solvay.jpg") >= 25, "{out}");
+    assert_eq!(in_file("solvay.jpg"), 29, "{out}");
     assert!(in_file("front-row.webp") >= 3, "{out}");
     for l in &lines {
-        for key in ["file", "frame", "time", "face", "box", "score", "label", "probabilities"] {
-            assert!(l.get(key).is_some(), "{key} missing: {l}");
+        for key in ["file", "face", "box", "score", "label", "probabilities"] {
+            assert!(!l[key].is_null(), "{key} missing: {l}");
         }
+        // Photos have no frame or time: the keys are there, empty.
+        assert!(l.get("frame").is_some_and(|v| v.is_null()) && l.get("time").is_some_and(|v| v.is_null()), "{l}");
         let total: f64 = l["probabilities"].as_object().unwrap().values().map(|v| v.as_f64().unwrap()).sum();
         assert!((total - 1.0).abs() < 1e-4);
         assert!(l["box"]["w"].as_f64().unwrap() > 20.0 && l["score"].as_f64().unwrap() > 0.7);
@@ -189,7 +191,7 @@ fn calibrated_framing_gives_back_the_faces_the_model_knows() {
         direct.pixels.extend_from_slice(data.image(i));
         direct.labels.push(data.labels[i]);
     }
-    let direct: Vec<usize> = fer::predict::probabilities(&pipeline.model, &direct).iter().map(fer::face::argmax).collect();
+    let direct: Vec<usize> = pipeline.model.probabilities(&direct).iter().map(fer::face::argmax).collect();
     let mut agreement = |framing: fer::face::frame::Framing| -> (usize, usize) {
         pipeline.framing = framing;
         let (mut found, mut same) = (0, 0);
@@ -236,7 +238,10 @@ fn large_photos_are_searched_smaller_and_answered_in_their_own_pixels() {
             small.iter().any(|&(sx, sy)| (x / 2.0 - sx).hypot(y / 2.0 - sy) < 6.0)
         })
         .count();
-    assert!(matched >= 25, "{matched} of {} faces sit where the original's are", faces.len());
+    // Every one of the original's 29 faces is found again; at 7.6 megapixels one more box may
+    // appear (there is one today).
+    assert_eq!((small.len(), matched), (29, 29), "faces in the original, and found again where they sit");
+    assert!(faces.len() <= 30, "{} boxes", faces.len());
 }
 
 #[test]
@@ -246,4 +251,73 @@ fn calibrating_on_no_faces_is_an_error_not_a_panic() {
     let bar = indicatif::ProgressBar::hidden();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fer::face::frame::calibrate(&data, fer::data::Split::PublicTest, 0, &detector, &bar).map(|_| ())));
     assert!(matches!(&result, Ok(Err(e)) if e.to_string().contains("--faces")), "{:?}", result.as_ref().map(|r| r.as_ref().map_err(|e| e.to_string())));
+}
+
+#[test]
+fn a_phone_video_is_read_upright_and_a_playlist_in_disguise_is_refused() {
+    if !has_ffmpeg() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    solvay_crop(&d.join("group.png"), 0, 180, 640, 360);
+    let ffmpeg = |args: &[&str]| assert!(std::process::Command::new("ffmpeg").current_dir(d).args(["-v", "error", "-y"]).args(args).status().unwrap().success());
+    ffmpeg(&["-loop", "1", "-i", "group.png", "-t", "1", "-r", "5", "-pix_fmt", "yuv420p", "plain.mp4"]);
+    // As a phone stores it: the frames sideways (360x640), tagged to be shown turned back a
+    // quarter (ffmpeg's rotate=90 is counter-clockwise, as its display matrix says).
+    image::imageops::rotate90(&image::open(d.join("group.png")).unwrap().to_rgb8()).save(d.join("sideways.png")).unwrap();
+    ffmpeg(&["-loop", "1", "-i", "sideways.png", "-t", "1", "-r", "5", "-pix_fmt", "yuv420p", "stored.mp4"]);
+    ffmpeg(&["-i", "stored.mp4", "-c", "copy", "-metadata:s:v:0", "rotate=90", "phone.mp4"]);
+    let frames = |name: &str| {
+        let mut frames = fer::media::Frames::open(&d.join(name), fer::media::Sampling::EveryNth(1)).unwrap();
+        let first: Vec<image::RgbImage> = frames.by_ref().map(|(_, f)| f).collect();
+        frames.finish().unwrap();
+        first
+    };
+    let (plain, phone) = (frames("plain.mp4"), frames("phone.mp4"));
+    assert_eq!((plain.len(), phone.len()), (5, 5));
+    assert_eq!(plain[0].dimensions(), (640, 360));
+    assert_eq!(phone[0].dimensions(), (640, 360), "shown upright, so read upright");
+    // Frame for frame, the phone's is the plain one.
+    let diff: f64 = plain[0].as_raw().iter().zip(phone[0].as_raw()).map(|(&a, &b)| (a as f64 - b as f64).abs()).sum::<f64>() / phone[0].as_raw().len() as f64;
+    assert!(diff < 4.0, "the phone frame differs from the plain one by {diff} levels on average");
+    // And its faces are found, as many as in the plain video.
+    let faces = |name: &str| {
+        let o = fer(d, &["predict", "--json", "--every", "5", name]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).lines().count()
+    };
+    let (plain_faces, phone_faces) = (faces("plain.mp4"), faces("phone.mp4"));
+    assert!(plain_faces >= 5 && phone_faces == plain_faces, "{phone_faces} faces in the phone clip, {plain_faces} in the plain one");
+
+    // A playlist named like a video, pointing at a local file: ffmpeg would follow it.
+    std::fs::write(d.join("evil.mp4"), format!("#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1,\n{}\n#EXT-X-ENDLIST\n", d.join("plain.mp4").display())).unwrap();
+    let err = match fer::media::Frames::open(&d.join("evil.mp4"), fer::media::Sampling::EveryNth(1)) {
+        Ok(_) => panic!("the playlist was opened"),
+        Err(e) => e,
+    };
+    assert!(err.contains("ffmpeg cannot read it as a video"), "{err}");
+}
+
+#[test]
+fn folders_are_walked_once_through_symlink_loops_and_annotated_copies_never_collide() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for sub in ["photos/a", "photos/b"] {
+        std::fs::create_dir_all(d.join(sub)).unwrap();
+    }
+    let face = image::GrayImage::from_fn(48, 48, |x, y| image::Luma([((x * 5 + y * 3) % 256) as u8]));
+    face.save(d.join("photos/a/x.png")).unwrap();
+    face.save(d.join("photos/b/x.png")).unwrap();
+    face.save(d.join("photos/b/X-2.png")).unwrap();
+    // A link from deep inside back to the top: a loop.
+    std::os::unix::fs::symlink(d.join("photos"), d.join("photos/b/loop")).unwrap();
+    let o = fer(d, &["predict", "--json", "photos", "--annotate", "out"]);
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{err}");
+    let files: std::collections::BTreeSet<String> = out.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["file"].as_str().unwrap().to_string()).collect();
+    assert_eq!(files.len(), 3, "each photo once: {files:?}");
+    let mut copies: Vec<String> = std::fs::read_dir(d.join("out")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    copies.sort();
+    assert_eq!(copies, ["X-2.annotated.png", "x-3.annotated.png", "x.annotated.png"], "three inputs, three copies");
 }

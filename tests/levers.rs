@@ -79,6 +79,66 @@ fn no_augmentation_is_the_notebooks_scaling_and_flip_mirrors() {
     assert!(found, "a padded crop is a shift of the face");
 }
 
+/// Each geometric and photometric lever alone changes the face in its own way: a range check
+/// alone would pass a rotation that did nothing.
+#[test]
+fn each_augmentation_does_what_it_says() {
+    // A dark face with a bright horizontal bar through its middle (rows 22-25).
+    let mut bar = [30u8; PIXELS];
+    for y in 22..26 {
+        for x in 0..SIDE {
+            bar[y * SIDE + x] = 220;
+        }
+    }
+    let f = fer::data::Faces { pixels: bar.to_vec(), labels: vec![0], twin_in_training: vec![] };
+    let plain = make_batch(&f, &[0], 48, &AugmentConfig::default(), 0, true).images;
+    let alone = |cfg: AugmentConfig, seed: u64| make_batch(&f, &[0], 48, &cfg, seed, true).images;
+    // The bar's mean row over a band of columns: where it sits on the left and on the right.
+    let bar_row = |img: &[f32], cols: std::ops::Range<usize>| {
+        let (mut sum, mut weight) = (0.0, 0.0);
+        for y in 0..SIDE {
+            for x in cols.clone() {
+                let v = (img[y * SIDE + x] + 1.0).max(0.0) as f64;
+                if v > 1.0 {
+                    sum += v * y as f64;
+                    weight += v;
+                }
+            }
+        }
+        sum / weight
+    };
+    let tilt = |img: &[f32]| bar_row(img, 30..44) - bar_row(img, 4..18);
+    assert!(tilt(&plain).abs() < 1e-9);
+    // Rotation tilts the bar, both ways over seeds, by up to tan(15°) x 26 px ≈ 7 rows.
+    let rotate = || AugmentConfig { rotate_degrees: 15.0, ..Default::default() };
+    let tilts: Vec<f64> = (0..12).map(|s| tilt(&alone(rotate(), s))).collect();
+    assert!(tilts.iter().any(|&t| t > 1.0) && tilts.iter().any(|&t| t < -1.0), "rotation tilts: {tilts:?}");
+    assert!(tilts.iter().all(|t| t.abs() < 8.0), "within ±15°: {tilts:?}");
+    // A shift moves the bar without tilting it.
+    let shift = || AugmentConfig { shift: 0.1, ..Default::default() };
+    let moved: Vec<(f64, f64)> = (0..12).map(|s| alone(shift(), s)).map(|i| (bar_row(&i, 10..38) - 23.5, tilt(&i))).collect();
+    assert!(moved.iter().any(|m| m.0.abs() > 1.0) && moved.iter().all(|m| m.1.abs() < 0.5 && m.0.abs() < 5.5), "{moved:?}");
+    // Scaling changes the bar's thickness (its brightness summed down a column, in rows).
+    let (dark, light) = (plain[0] as f64, plain[23 * SIDE] as f64);
+    let thickness = |img: &[f32]| (0..SIDE).map(|y| ((img[y * SIDE + 24] as f64 - dark) / (light - dark)).max(0.0)).sum::<f64>();
+    let scale = || AugmentConfig { scale: 0.1, ..Default::default() };
+    let widths: Vec<f64> = (0..12).map(|s| thickness(&alone(scale(), s))).collect();
+    assert!((thickness(&plain) - 4.0).abs() < 1e-6);
+    assert!(widths.iter().any(|&w| w > 4.15) && widths.iter().any(|&w| w < 3.85), "{widths:?}");
+    assert!(widths.iter().all(|&w| (3.5..=4.5).contains(&w)), "within ±10%: {widths:?}");
+    // Brightness moves every pixel the same way; contrast spreads them about the mean.
+    let mean = |img: &[f32]| img.iter().map(|&v| v as f64).sum::<f64>() / img.len() as f64;
+    let spread = |img: &[f32]| img.iter().map(|&v| (v as f64 - mean(img)).abs()).sum::<f64>() / img.len() as f64;
+    let bright: Vec<f64> = (0..12).map(|s| mean(&alone(AugmentConfig { brightness: 0.3, ..Default::default() }, s)) - mean(&plain)).collect();
+    assert!(bright.iter().any(|&d| d > 0.02) && bright.iter().any(|&d| d < -0.02), "{bright:?}");
+    let contrast: Vec<f64> = (0..12).map(|s| spread(&alone(AugmentConfig { contrast: 0.3, ..Default::default() }, s)) / spread(&plain)).collect();
+    assert!(contrast.iter().any(|&r| r > 1.05) && contrast.iter().any(|&r| r < 0.95), "{contrast:?}");
+    // Erasing blanks a rectangle: some pixels change, most do not.
+    let erased = (0..12).map(|s| alone(AugmentConfig { erasing: 1.0, ..Default::default() }, s)).find(|i| *i != plain).expect("erasing at p = 1 erases");
+    let changed = erased.iter().zip(&plain).filter(|(a, b)| a != b).count();
+    assert!(changed > 20 && changed < PIXELS / 2, "{changed} pixels erased");
+}
+
 #[test]
 fn mixup_and_cutmix_targets_sum_to_one() {
     let f = faces();
@@ -245,6 +305,20 @@ fn ten_crop_views_average_to_probabilities() {
     assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-5));
     // TTA is a different measurement from the single pass.
     assert!(!log_p.equal(&m.logits(&f)));
+    // Exactly the ten views: the four corners and the centre, each also mirrored (five views,
+    // or the centre ten times, would score differently).
+    assert_eq!(Tta::TenCrop.views(), 10);
+    let x = fer::eval::input_batches(&f, 100, tch::Device::Cpu, 0.0).next().unwrap();
+    let mut outs = Vec::new();
+    for (y, x0) in [(0, 0), (0, 8), (8, 0), (8, 8), (4, 4)] {
+        let crop = x.narrow(2, y, 40).narrow(3, x0, 40);
+        for view in [crop.shallow_clone(), crop.flip([3])] {
+            outs.push(tch::no_grad(|| tch::nn::ModuleT::forward_t(&m.net, &view, false)));
+        }
+    }
+    let by_hand = fer::eval::combine(&outs);
+    assert!(by_hand.allclose(&log_p, 1e-5, 1e-5, false), "ten-crop is the mean over the ten views");
+    assert!(!fer::eval::combine(&outs[..5]).allclose(&log_p, 1e-5, 1e-5, false), "five views would not do");
 }
 
 #[test]

@@ -3,6 +3,14 @@ mod common;
 
 use common::{fixture, start_server};
 
+/// The tests of this file run one at a time: some time the server or load it, and on two cores
+/// two at once would measure each other.
+static ALONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn alone() -> std::sync::MutexGuard<'static, ()> {
+    ALONE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Sends raw request text and returns everything the server answers before closing.
 fn raw_request(base: &str, request: &str) -> String {
     use std::io::{Read, Write};
@@ -44,13 +52,17 @@ fn get(url: &str) -> (u16, serde_json::Value) {
 
 #[test]
 fn the_api_answers_photos_forms_and_cropped_faces() {
+    let _alone = alone();
     let (base, _stop) = start_server(10_000_000, 16);
-    assert_eq!(get(&format!("{base}/api/health")), (200, serde_json::json!({"status": "ok"})));
+    assert_eq!(get(&format!("{base}/api/health")), (200, serde_json::json!({"status": "ok", "workers": 1, "workers_alive": 1})));
     let (status, card) = get(&format!("{base}/api/model"));
     assert_eq!(status, 200);
-    for key in ["name", "fvcore_flops", "test_acc", "test_acc_unseen", "classes"] {
-        assert!(card.get(key).is_some(), "{key} missing from {card}");
+    // The default model's own card, with values (a key present but null would not do).
+    let shipped: serde_json::Value = serde_json::from_slice(&std::fs::read(fer::predict::default_model().unwrap().join("card.json")).unwrap()).unwrap();
+    for key in ["name", "fvcore_flops", "test_acc", "test_acc_unseen"] {
+        assert!(!card[key].is_null() && card[key] == shipped[key], "{key}: {} against the card's {}", card[key], shipped[key]);
     }
+    assert_eq!(card["classes"], serde_json::json!(fer::data::CLASSES));
     let page = agent().get(&base).call().unwrap().body_mut().read_to_string().unwrap();
     assert!(page.contains("getUserMedia") && page.contains("/api/predict"), "the page is served");
 
@@ -59,13 +71,16 @@ fn the_api_answers_photos_forms_and_cropped_faces() {
     assert_eq!(status, 200, "{answer}");
     assert_eq!((answer["width"].as_u64(), answer["height"].as_u64()), (Some(1666), Some(1136)));
     let faces = answer["faces"].as_array().unwrap();
-    assert!(faces.len() >= 25, "{} faces", faces.len());
+    assert_eq!(faces.len(), 29, "all the Solvay faces");
     for f in faces {
         assert!(f["box"]["w"].as_f64().unwrap() > 20.0 && f["score"].as_f64().unwrap() > 0.7);
         assert_eq!(f["probabilities"].as_object().unwrap().len(), 7);
         assert!(fer::data::CLASSES.contains(&f["label"].as_str().unwrap()));
     }
-    assert!(answer["milliseconds"]["total"].as_f64().unwrap() > 0.0);
+    // The whole request takes at least its parts, each of which did real work.
+    let ms = |part: &str| answer["milliseconds"][part].as_f64().unwrap_or_else(|| panic!("no {part} time in {answer}"));
+    assert!(ms("decode") > 0.0 && ms("detect") > 0.0 && ms("classify") > 0.0, "{answer}");
+    assert!(ms("total") >= ms("queued") + ms("decode") + ms("detect") + ms("classify") - 1e-6, "{answer}");
 
     // The same photo as a multipart form gives the same faces.
     let boundary = "fer-test-boundary";
@@ -87,6 +102,7 @@ fn the_api_answers_photos_forms_and_cropped_faces() {
 
 #[test]
 fn every_error_is_json_and_leaves_the_server_working() {
+    let _alone = alone();
     let (base, _stop) = start_server(1_000_000, 16);
     let url = format!("{base}/api/predict");
     let photo = std::fs::read(fixture("solvay-1927.jpg")).unwrap();
@@ -126,6 +142,7 @@ fn every_error_is_json_and_leaves_the_server_working() {
 
 #[test]
 fn concurrent_requests_all_get_answers_and_a_full_queue_says_503() {
+    let _alone = alone();
     let photo = std::fs::read(fixture("solvay-1927.jpg")).unwrap();
     // Room for everyone: 6 clients at once, all answered alike.
     let (base, _stop) = start_server(10_000_000, 16);
@@ -154,4 +171,169 @@ fn concurrent_requests_all_get_answers_and_a_full_queue_says_503() {
     assert!(statuses.contains(&503) && statuses.contains(&200), "{statuses:?}");
     // And afterwards it serves again.
     assert_eq!(post(&format!("{base}/api/predict"), "image/jpeg", &photo).0, 200);
+}
+
+/// `fer serve` as its own process on a free loopback port (`extra` flags, `env` set, and at most
+/// `open_files` file descriptors): its base URL, and the child, killed when dropped.
+fn serve_process(extra: &[&str], env: &[(&str, &str)], open_files: Option<u64>) -> (String, ChildGuard) {
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_fer"));
+    command.args(["--threads", "1", "serve", "--port", "0"]).args(extra).envs(env.iter().copied());
+    command.stderr(std::process::Stdio::piped()).stdout(std::process::Stdio::null());
+    if let Some(n) = open_files {
+        // SAFETY: setrlimit is async-signal-safe, as pre_exec requires.
+        unsafe {
+            command.pre_exec(move || {
+                let limit = libc::rlimit { rlim_cur: n, rlim_max: n };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+            });
+        }
+    }
+    let mut child = command.spawn().unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let base = line.split("on http://").nth(1).and_then(|r| r.split('/').next()).unwrap_or_else(|| panic!("no address in {line:?}"));
+    // Keep reading what it says, so that it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in stderr.lines() {});
+    (format!("http://{base}"), ChildGuard(child, line))
+}
+
+struct ChildGuard(std::process::Child, String);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A 48x48 face-sized PNG: a request that costs one classification.
+fn small_png() -> Vec<u8> {
+    let mut png = std::io::Cursor::new(Vec::new());
+    image::GrayImage::from_fn(48, 48, |x, y| image::Luma([((x * 5 + y * 3) % 256) as u8])).write_to(&mut png, image::ImageFormat::Png).unwrap();
+    png.into_inner()
+}
+
+#[test]
+fn two_thousand_stalled_uploads_do_not_stop_an_honest_request() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    let _alone = alone();
+    // 1,024 open files for the server; 2,000 clients that send their headers and a few bytes of
+    // a 100 kB body, then stall.
+    let body_timeout = 15.0;
+    let (base, _server) = serve_process(&["--body-timeout", &body_timeout.to_string(), "--queue", "16"], &[], Some(1024));
+    let addr = base.trim_start_matches("http://").to_string();
+    let started = Instant::now();
+    let stalled: Vec<std::net::TcpStream> = (0..2000)
+        .filter_map(|_| {
+            let mut s = std::net::TcpStream::connect(&addr).ok()?;
+            s.write_all(b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n\r\n0123456789").ok()?;
+            Some(s)
+        })
+        .collect();
+    assert!(stalled.len() >= 1900, "only {} stalled clients connected", stalled.len());
+    let connected = started.elapsed();
+    // Once they count as stalled, an honest request is answered, long before any timeout.
+    std::thread::sleep(Duration::from_millis(2500));
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(3))).build().into();
+    let asked = Instant::now();
+    let mut response = agent.post(&format!("{base}/api/predict?detect=false")).header("Content-Type", "image/png").send(&small_png()[..]).expect("answered");
+    let took = asked.elapsed();
+    assert_eq!(response.status().as_u16(), 200, "{}", response.body_mut().read_to_string().unwrap_or_default());
+    assert!(took < Duration::from_secs(1), "answered in {took:?}");
+    assert!(started.elapsed() < Duration::from_secs_f64(body_timeout), "the test outran the body timeout, so it shows nothing (connected in {connected:?})");
+    // And every stalled connection is closed by the server: displaced, or at its body timeout.
+    // The last refused uploads began their body timeout as they connected.
+    let deadline = started + connected + Duration::from_secs_f64(body_timeout + 5.0);
+    let mut open = 0;
+    let total = stalled.len();
+    let mut open_at = Vec::new();
+    for (i, mut s) in stalled.into_iter().enumerate() {
+        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(10));
+        s.set_read_timeout(Some(left)).unwrap();
+        let mut rest = Vec::new();
+        let closed = match s.read_to_end(&mut rest) {
+            Ok(_) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        };
+        let text = String::from_utf8_lossy(&rest);
+        open += usize::from(!closed);
+        if !closed {
+            open_at.push((i, rest.len()));
+            continue;
+        }
+        assert!(rest.is_empty() || text.starts_with("HTTP/1.1 408") || text.starts_with("HTTP/1.1 503"), "{text}");
+    }
+    assert_eq!(open, 0, "{open} of {total} stalled connections still open {:?} after they began: {open_at:?}", started.elapsed());
+}
+
+#[test]
+fn a_worker_that_panics_answers_500_and_goes_on() {
+    let _alone = alone();
+    let (base, _server) = serve_process(&[], &[("FER_PANIC_AT", "serve:answer:1")], None);
+    let url = format!("{base}/api/predict?detect=false");
+    let (status, answer) = post(&url, "image/png", &small_png());
+    assert_eq!(status, 500, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("failed on this request"), "{answer}");
+    let (status, answer) = post(&url, "image/png", &small_png());
+    assert_eq!((status, answer["faces"].as_array().map(Vec::len)), (200, Some(1)), "{answer}");
+    assert_eq!(get(&format!("{base}/api/health")), (200, serde_json::json!({"status": "ok", "workers": 1, "workers_alive": 1})));
+}
+
+#[test]
+fn wrong_methods_bad_queries_and_missing_keys_are_json_errors() {
+    let _alone = alone();
+    let (base, _stop) = common::start_server_with(fer::serve::ServeOptions {
+        model: fer::predict::default_model().unwrap(),
+        api_key: Some("sesame".into()),
+        ..Default::default()
+    });
+    let answer = raw_request(&base, "GET /api/predict HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 405") && answer.contains("allow: POST") && answer.contains("\"error\":\"GET /api/predict is not served: use POST\""), "{answer}");
+    let answer = raw_request(&base, "POST /api/model HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 405") && answer.contains("use GET"), "{answer}");
+    // Without the key, or with a wrong one: 401, before the body is looked at.
+    let png = small_png();
+    let send = |path: &str, key: Option<(&str, &str)>| {
+        let mut request = agent().post(&format!("{base}{path}")).header("Content-Type", "image/png");
+        if let Some((name, value)) = key {
+            request = request.header(name, value);
+        }
+        let mut response = request.send(&png[..]).unwrap();
+        let status = response.status().as_u16();
+        (status, serde_json::from_str::<serde_json::Value>(&response.body_mut().read_to_string().unwrap()).unwrap())
+    };
+    for key in [None, Some(("X-Api-Key", "sesam")), Some(("Authorization", "Bearer nope"))] {
+        let (status, answer) = send("/api/predict?detect=false", key);
+        assert_eq!(status, 401, "{key:?}: {answer}");
+        assert!(answer["error"].as_str().unwrap().contains("API key"), "{answer}");
+    }
+    assert_eq!(send("/api/predict?detect=false", Some(("X-Api-Key", "sesame"))).0, 200);
+    assert_eq!(send("/api/predict?detect=false", Some(("Authorization", "Bearer sesame"))).0, 200);
+    // A malformed query is a JSON 400 that says what the parameter takes.
+    let (status, answer) = send("/api/predict?detect=maybe", Some(("X-Api-Key", "sesame")));
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("`detect` takes true or false"), "{answer}");
+    // The health check stays open; the card says which model, not where it lives.
+    assert_eq!(get(&format!("{base}/api/health")).0, 200);
+    let mut response = agent().get(&format!("{base}/api/model")).header("X-Api-Key", "sesame").call().unwrap();
+    let card = response.body_mut().read_to_string().unwrap();
+    let root = env!("CARGO_MANIFEST_DIR");
+    assert!(card.contains("\"model\":\"tiny\"") && !card.contains(root) && !card.contains("\"path\""), "{card}");
+}
+
+#[test]
+fn serving_beyond_loopback_needs_a_key_or_open() {
+    let _alone = alone();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fer")).args(["serve", "--host", "0.0.0.0", "--port", "0"]).env_remove("FER_API_KEY").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--api-key") && err.contains("--open"), "{err}");
+    // Loopback is open by default, and its first line says so.
+    let (_, server) = serve_process(&[], &[], None);
+    assert!(server.1.contains("open to this machine only"), "{}", server.1);
+    let (_, server) = serve_process(&["--api-key", "k"], &[], None);
+    assert!(server.1.contains("the API needs its key"), "{}", server.1);
 }

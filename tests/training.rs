@@ -123,13 +123,30 @@ fn a_resume_goes_on_with_its_own_recipe_and_leaves_a_finished_run_alone() {
     assert!(train(&blurred, &data, &resume).unwrap_err().to_string().contains("train.epochs: 2 -> 4"));
 }
 
+/// Trains `recipe` whole, and again stopped after two epochs and resumed: the same metrics,
+/// summary and best weights, byte for byte.
+fn assert_resume_matches(recipe: impl Fn(&str) -> fer::config::Config, data: &fer::data::Dataset, runs: &Path) {
+    let whole = train(&recipe("whole"), data, &opts(runs)).unwrap();
+    assert!(train(&recipe("parts"), data, &TrainOptions { stop_after: Some(2), ..opts(runs) }).is_err());
+    let parts = train(&recipe("parts"), data, &TrainOptions { resume: true, ..opts(runs) }).unwrap();
+    let (a, b) = (metrics(&runs.join("whole")), metrics(&runs.join("parts")));
+    assert!(a.len() > 2, "the run outlived the stop");
+    assert_eq!(numbers(&a), numbers(&b));
+    assert_eq!(a.iter().map(|m| (m.lr, m.ema_val_acc)).collect::<Vec<_>>(), b.iter().map(|m| (m.lr, m.ema_val_acc)).collect::<Vec<_>>());
+    let scores = |s: &fer::record::Summary| (s.epochs, s.best_epoch, s.val_acc, s.test_acc, s.test_acc_unseen, s.ema, s.average.as_ref().map(|a| (a.val_acc, a.chosen)));
+    assert_eq!(scores(&whole), scores(&parts));
+    let weights = |run: &str| std::fs::read(runs.join(run).join("best.safetensors")).unwrap();
+    assert!(weights("whole") == weights("parts"), "the same best weights, byte for byte");
+}
+
 #[test]
 fn a_resumed_run_matches_an_uninterrupted_one_with_every_stochastic_lever_on() {
     let _rng = serial();
     tch::set_num_threads(1);
     let data = synthetic([140, 35, 35], 17);
     let runs = tempfile::tempdir().unwrap();
-    let recipe = |name: &str| {
+    // AdamW, one-cycle, dropout, label smoothing, the weight EMA and average, crops, flips, erasing.
+    let first = |name: &str| {
         let mut c = tiny_config(name, 4);
         let layers = c.model.layers.as_mut().unwrap();
         layers.insert(layers.len() - 1, fer::nn::model::Layer::Dropout { p: 0.3 });
@@ -145,63 +162,103 @@ fn a_resumed_run_matches_an_uninterrupted_one_with_every_stochastic_lever_on() {
         c.augment.erasing = 0.25;
         c
     };
-    let whole = train(&recipe("whole"), &data, &opts(runs.path())).unwrap();
-    assert!(train(&recipe("parts"), &data, &TrainOptions { stop_after: Some(2), ..opts(runs.path()) }).is_err());
-    let parts = train(&recipe("parts"), &data, &TrainOptions { resume: true, ..opts(runs.path()) }).unwrap();
-    let (a, b) = (metrics(&runs.path().join("whole")), metrics(&runs.path().join("parts")));
-    assert_eq!(numbers(&a), numbers(&b));
-    assert_eq!(a.iter().map(|m| (m.lr, m.ema_val_acc)).collect::<Vec<_>>(), b.iter().map(|m| (m.lr, m.ema_val_acc)).collect::<Vec<_>>());
-    let scores = |s: &fer::record::Summary| (s.best_epoch, s.val_acc, s.test_acc, s.test_acc_unseen, s.ema, s.average.as_ref().map(|a| (a.val_acc, a.chosen)));
-    assert_eq!(scores(&whole), scores(&parts));
-    let weights = |run: &str| std::fs::read(runs.path().join(run).join("best.safetensors")).unwrap();
-    assert!(weights("whole") == weights("parts"), "the same best weights, byte for byte");
-}
-
-/// The real thing: SIGKILL the `fer` binary mid-run, resume it, and compare with a clean run.
-#[test]
-fn run_killed_with_sigkill_resumes_to_the_same_metrics() {
-    let dir = tempfile::tempdir().unwrap();
-    let csv = dir.path().join("fer2013.csv");
-    std::fs::write(&csv, csv_text(&synthetic([700, 70, 70], 14))).unwrap();
-    let epochs = 8;
-    for name in ["clean", "killed"] {
-        let cfg = tiny_config(name, epochs).to_toml();
-        std::fs::write(dir.path().join(format!("{name}.toml")), cfg).unwrap();
-    }
-    let fer = |name: &str, extra: &[&str]| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_fer"));
-        c.args(["--threads", "1", "--data"]).arg(&csv).arg("train").arg("--config");
-        c.arg(dir.path().join(format!("{name}.toml"))).arg("--runs").arg(dir.path().join("runs"));
-        c.args(extra).env("FER_CACHE", dir.path().join("cache"));
+    assert_resume_matches(first, &data, &runs.path().join("first"));
+    // SGD with Nesterov momentum, the plateau schedule, early stopping, mixup, rotation.
+    let second = |name: &str| {
+        let mut c = tiny_config(name, 6);
+        let t = &mut c.train;
+        t.optimizer = fer::config::OptimizerKind::Sgd;
+        t.momentum = 0.9;
+        t.nesterov = true;
+        t.schedule = fer::train::optim::Schedule::Plateau { patience: 0, factor: 0.5, min_lr: 0.0 };
+        t.early_stopping_patience = 2;
+        c.augment.mixup_alpha = 0.4;
+        c.augment.rotate_degrees = 10.0;
         c
     };
-    let out = fer("clean", &[]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_resume_matches(second, &data, &runs.path().join("second"));
+    // Distillation from a teacher, bf16, cosine with warm-up, cutmix, focal loss.
+    train(&tiny_config("teacher", 2), &data, &opts(runs.path())).unwrap();
+    let teacher = runs.path().join("teacher").display().to_string();
+    let third = move |name: &str| {
+        let mut c = tiny_config(name, 4);
+        let t = &mut c.train;
+        t.teacher = Some(fer::config::Teacher::One(teacher.clone()));
+        t.distill_weight = 0.5;
+        t.precision = fer::config::Precision::Bf16;
+        t.schedule = fer::train::optim::Schedule::Cosine { warmup_epochs: 1.0, min_lr: 0.0 };
+        t.focal_gamma = 1.0;
+        c.augment.cutmix_alpha = 1.0;
+        c
+    };
+    assert_resume_matches(third, &data, &runs.path().join("third"));
+}
 
-    let killed_dir = dir.path().join("runs/killed");
-    let mut child = fer("killed", &[]).stdout(std::process::Stdio::null()).spawn().unwrap();
-    // Kill once the first checkpoint is down and the run is still going.
-    loop {
-        if killed_dir.join("last.json").exists() {
-            break;
+/// The real thing: the `fer` binary killed (SIGKILL, at a chosen crash point: inside each
+/// write of an epoch's commit, and just after it) and resumed ends as a run never killed: the
+/// same metrics, summary and best weights, and nothing left over.
+#[test]
+fn a_run_killed_anywhere_in_its_checkpoint_resumes_to_the_same_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("fer2013.csv");
+    std::fs::write(&csv, csv_text(&synthetic([350, 70, 70], 14))).unwrap();
+    let epochs = 5;
+    let config = dir.path().join("run.toml");
+    let mut recipe = tiny_config("run", epochs);
+    recipe.train.average_from = 4; // the averaged weights are published over the best ones too
+    std::fs::write(&config, recipe.to_toml()).unwrap();
+    let fer = |runs: &str, crash: Option<&str>, resume: bool| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_fer"));
+        c.args(["--threads", "1", "--data"]).arg(&csv).arg("train").arg("--config").arg(&config);
+        c.arg("--runs").arg(dir.path().join(runs)).env("FER_CACHE", dir.path().join("cache"));
+        if resume {
+            c.arg("--resume");
         }
-        assert!(child.try_wait().unwrap().is_none(), "run ended before it could be killed");
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    child.kill().unwrap(); // SIGKILL on Unix
-    child.wait().unwrap();
-    let done_before = metrics(&killed_dir).len();
-    assert!(done_before < epochs, "killed mid-run");
-
-    let out = fer("killed", &["--resume"]).output().unwrap();
+        match crash {
+            Some(point) => c.env("FER_CRASH_AT", point),
+            None => c.env_remove("FER_CRASH_AT"),
+        };
+        c.stdout(std::process::Stdio::null()).output().unwrap()
+    };
+    let out = fer("clean", None, false);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let (clean, killed) = (metrics(&dir.path().join("runs/clean")), metrics(&killed_dir));
-    assert_eq!(killed.len(), epochs);
-    assert_eq!(numbers(&clean), numbers(&killed));
-    // No partial files are left behind.
-    for entry in std::fs::read_dir(&killed_dir).unwrap() {
-        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
-        assert!(!name.contains("partial") && !name.starts_with(".tmp"), "leftover {name}");
+    let clean_dir = dir.path().join("clean/run");
+    let clean = metrics(&clean_dir);
+    // An epoch after the first that set a new best, so that its best weights are written.
+    let improved = (1..clean.len()).find(|&i| clean[..i].iter().all(|e| e.val_acc < clean[i].val_acc)).map(|i| clean[i].epoch);
+    let mut points = vec![
+        "write:checkpoint-0003.safetensors".to_string(), // inside the checkpoint's write
+        "write:last.json:3".into(),                      // inside the commit itself
+        "written:last.json:3".into(),                    // committed, best not yet published
+        "write:best.safetensors:1".into(),               // inside the first publication of the best
+        "write:averaged.safetensors".into(),             // inside the finish
+        "write:summary.json".into(),                     // PrivateTest scored, not yet recorded
+    ];
+    if let Some(e) = improved {
+        points.push(format!("write:best-{e:04}.safetensors"));
+    }
+    let summary = |d: &Path| -> fer::record::Summary { serde_json::from_slice(&std::fs::read(d.join("summary.json")).unwrap()).unwrap() };
+    let scores = |s: &fer::record::Summary| (s.epochs, s.best_epoch, s.val_acc, s.test_acc, s.average.as_ref().map(|a| (a.val_acc, a.chosen)));
+    for (i, point) in points.iter().enumerate() {
+        let runs = format!("killed-{i}");
+        let killed_dir = dir.path().join(&runs).join("run");
+        let out = fer(&runs, Some(point), false);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains("crashing on purpose"), "{point}: not killed: {stderr}");
+        assert!(!killed_dir.join("summary.json").exists(), "{point}: killed before the end");
+        // Killed inside a write, it left that write's temporary file, which the resume clears.
+        let temporary = std::fs::read_dir(&killed_dir).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with(".tmp"));
+        assert_eq!(temporary, point.starts_with("write:"), "{point}: a temporary file left: {temporary}");
+        let out = fer(&runs, None, true);
+        assert!(out.status.success(), "{point}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(numbers(&metrics(&killed_dir)), numbers(&clean), "{point}");
+        assert_eq!(scores(&summary(&killed_dir)), scores(&summary(&clean_dir)), "{point}");
+        let weights = |d: &Path| std::fs::read(d.join("best.safetensors")).unwrap();
+        assert!(weights(&killed_dir) == weights(&clean_dir), "{point}: other best weights");
+        let mut names: Vec<String> = std::fs::read_dir(&killed_dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        let count = |prefix: &str| names.iter().filter(|n| n.starts_with(prefix)).count();
+        assert_eq!((count(".tmp"), count("checkpoint-"), count("best-")), (0, 1, 1), "{point}: left {names:?}");
     }
 }
 
@@ -271,6 +328,43 @@ fn the_evaluation_blur_is_chosen_on_publictest_before_privatetest() {
     let model = Trained::load(&runs.path().join("blurs"), tch::Device::Cpu).unwrap();
     assert_eq!(model.config.train.eval_blur, 0.0);
     assert_eq!(model.evaluate(&data.split(Split::PrivateTest)).accuracy, summary.test_acc);
+}
+
+/// PrivateTest cannot change a choice: with every choosing lever on (best epoch, weight EMA,
+/// weight average, evaluation blur), a run whose PrivateTest labels are scrambled makes the same
+/// choices, epoch by epoch, and ends with the same weights; only its PrivateTest score differs.
+#[test]
+fn scrambled_privatetest_labels_change_no_choice() {
+    let _rng = serial();
+    tch::set_num_threads(1);
+    let data = synthetic([280, 70, 70], 19);
+    let mut scrambled = data.clone();
+    for (label, split) in scrambled.labels.iter_mut().zip(&scrambled.splits) {
+        if *split == Split::PrivateTest {
+            *label = (*label + 3) % 7;
+        }
+    }
+    let runs = tempfile::tempdir().unwrap();
+    let recipe = |name: &str| {
+        let mut c = tiny_config(name, 4);
+        c.train.ema_decay = 0.9;
+        c.train.average_from = 2;
+        c.train.eval_blur_choices = vec![0.0, 0.8];
+        c
+    };
+    let plain = train(&recipe("plain"), &data, &opts(runs.path())).unwrap();
+    let other = train(&recipe("scrambled"), &scrambled, &opts(runs.path())).unwrap();
+    let (a, b) = (metrics(&runs.path().join("plain")), metrics(&runs.path().join("scrambled")));
+    assert_eq!(numbers(&a), numbers(&b));
+    assert_eq!(a.iter().map(|m| m.ema_val_acc).collect::<Vec<_>>(), b.iter().map(|m| m.ema_val_acc).collect::<Vec<_>>());
+    let choices = |s: &fer::record::Summary| {
+        (s.best_epoch, s.val_acc, s.ema, s.eval_blur, s.average.as_ref().map(|a| (a.val_acc, a.chosen)), s.blur_sweep.iter().map(|b| (b.sigma, b.val_acc)).collect::<Vec<_>>())
+    };
+    assert_eq!(choices(&plain), choices(&other));
+    let weights = |run: &str| std::fs::read(runs.path().join(run).join("best.safetensors")).unwrap();
+    assert!(weights("plain") == weights("scrambled"), "the same weights, byte for byte");
+    // The scrambled labels were read, by the one step that scores PrivateTest.
+    assert!(plain.test_acc > 0.5 && other.test_acc < 0.3, "PrivateTest {} and scrambled {}", plain.test_acc, other.test_acc);
 }
 
 #[test]

@@ -60,6 +60,14 @@ impl Default for DetectorOptions {
     }
 }
 
+/// At most this many P-Net windows of one pyramid level go on to its non-maximum suppression,
+/// the best first, and at most `MAX_PROPOSALS` proposals to R-Net: the suppression is
+/// quadratic, and a photo of noise would otherwise pass every window.
+const MAX_WINDOWS_PER_LEVEL: usize = 4000;
+pub const MAX_PROPOSALS: usize = 2000;
+/// R-Net and O-Net take the proposals in batches of this many.
+const BATCH: usize = 512;
+
 /// A candidate box: corners, score, and the regression the stage predicted for it.
 #[derive(Clone, Copy, Debug)]
 struct Candidate {
@@ -151,8 +159,12 @@ impl FaceDetector {
                 return Vec::new();
             }
             // R-Net: rescore and refine each square proposal.
-            let (reg, prob) = self.rnet(&crops(&img, &cands, 24));
-            let (reg, prob) = (rows::<4>(&reg), Vec::<f32>::try_from(prob).unwrap_or_default());
+            let (mut reg, mut prob) = (Vec::new(), Vec::new());
+            for batch in cands.chunks(BATCH) {
+                let (r, p) = self.rnet(&crops(&img, batch, 24));
+                reg.extend(rows::<4>(&r));
+                prob.extend(Vec::<f32>::try_from(p).unwrap_or_default());
+            }
             cands = keep(&cands, &prob, &reg, self.options.thresholds[1]);
             cands = nms(cands, 0.7, Overlap::Union);
             cands.iter_mut().for_each(regress);
@@ -161,8 +173,13 @@ impl FaceDetector {
                 return Vec::new();
             }
             // O-Net: the final score, box and landmarks.
-            let (reg, marks, prob) = self.onet(&crops(&img, &cands, 48));
-            let (reg, marks, prob) = (rows::<4>(&reg), rows::<10>(&marks), Vec::<f32>::try_from(prob).unwrap_or_default());
+            let (mut reg, mut marks, mut prob) = (Vec::new(), Vec::new(), Vec::new());
+            for batch in cands.chunks(BATCH) {
+                let (r, m, p) = self.onet(&crops(&img, batch, 48));
+                reg.extend(rows::<4>(&r));
+                marks.extend(rows::<10>(&m));
+                prob.extend(Vec::<f32>::try_from(p).unwrap_or_default());
+            }
             let mut faces = Vec::new();
             for (i, c) in cands.iter().enumerate() {
                 if (prob[i] as f64) <= self.options.thresholds[2] {
@@ -218,11 +235,11 @@ impl FaceDetector {
                     });
                 }
             }
-            all.extend(nms(level, 0.5, Overlap::Union));
+            all.extend(nms(best(level, MAX_WINDOWS_PER_LEVEL), 0.5, Overlap::Union));
             scale *= o.pyramid_factor;
             side *= o.pyramid_factor;
         }
-        let mut cands = nms(all, 0.7, Overlap::Union);
+        let mut cands = best(nms(all, 0.7, Overlap::Union), MAX_PROPOSALS);
         for c in cands.iter_mut() {
             // P-Net's regression is relative to the box's size without the +1.
             let (bw, bh) = (c.b[2] - c.b[0], c.b[3] - c.b[1]);
@@ -231,6 +248,15 @@ impl FaceDetector {
         }
         cands
     }
+}
+
+/// The `n` best-scoring candidates.
+fn best(mut cands: Vec<Candidate>, n: usize) -> Vec<Candidate> {
+    if cands.len() > n {
+        cands.select_nth_unstable_by(n, |a, b| b.score.total_cmp(&a.score));
+        cands.truncate(n);
+    }
+    cands
 }
 
 /// Moves a box's corners by its regression, relative to its size.
@@ -401,6 +427,21 @@ mod tests {
             let diff = (img.resample(&[region], ow, oh) - expect(region, ow, oh)).abs().max().double_value(&[]);
             assert!(diff < 1e-5, "{region:?} -> {ow}x{oh}: {diff}");
         }
+    }
+
+    #[test]
+    fn a_photo_of_noise_sends_a_bounded_number_of_proposals_on() {
+        // Every window passes P-Net at threshold 0: without the bounds, a 2-megapixel photo
+        // would send hundreds of thousands of windows through the suppression and R-Net.
+        let mut rng = fastrand::Rng::with_seed(3);
+        let noise = RgbImage::from_fn(1600, 1200, |_, _| image::Rgb([rng.u8(..), rng.u8(..), rng.u8(..)]));
+        let detector = FaceDetector::new(DetectorOptions { thresholds: [0.0, 0.7, 0.7], ..Default::default() }).unwrap();
+        let proposals = tch::no_grad(|| detector.propose(&Integral::new(&noise), 40.0));
+        assert!(proposals.len() <= MAX_PROPOSALS && proposals.len() > MAX_PROPOSALS / 2, "{} proposals", proposals.len());
+        let kept = best(vec![cand([0.; 4], 0.1), cand([0.; 4], 0.9), cand([0.; 4], 0.5)], 2);
+        let mut scores: Vec<f32> = kept.iter().map(|c| c.score).collect();
+        scores.sort_by(f32::total_cmp);
+        assert_eq!(scores, [0.5, 0.9]);
     }
 
     #[test]

@@ -76,7 +76,7 @@ impl Pipeline {
             faces.pixels.extend_from_slice(&pixels);
             faces.labels.push(0);
         }
-        let probs = if faces.is_empty() { Vec::new() } else { crate::predict::probabilities(&self.model, &faces) };
+        let probs = if faces.is_empty() { Vec::new() } else { self.model.probabilities(&faces) };
         let results = boxes
             .into_iter()
             .zip(probs)

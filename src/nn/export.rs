@@ -142,7 +142,7 @@ pub fn export(run: &Path, out: &Path, data: Option<&Dataset>) -> anyhow::Result<
         // As the run scored it when it finished: PrivateTest is not read again here.
         // Its FLOPs are the folded model's, two passes.
         flip_tta: summary.tta.clone().filter(|t| t.kind == Tta::Flip).map(|t| {
-            let fvcore_flops = t.views as i64 * flops.fvcore_total;
+            let fvcore_flops = flops.with_views(t.views);
             TtaScore { fvcore_flops, efficiency: super::flops::efficiency(100.0 * t.test_acc, fvcore_flops), ..t }
         }),
     };

@@ -24,11 +24,20 @@ pub struct FlopReport {
     pub fvcore_total: i64,
     pub all_ops_total: i64,
     pub params: i64,
+    /// The part of `fvcore_total` that runs once per face, before test-time views are cut
+    /// from it (the evaluation blur); the rest runs once per view.
+    pub per_face: i64,
 }
 
 impl FlopReport {
     pub fn gflops(&self) -> f64 {
         self.fvcore_total as f64 / 1e9
+    }
+
+    /// fvcore's count for one face scored over `views` test-time views: the network once per
+    /// view, the blur in front of it once.
+    pub fn with_views(&self, views: usize) -> i64 {
+        self.per_face + views as i64 * (self.fvcore_total - self.per_face)
     }
 }
 
@@ -154,6 +163,7 @@ pub fn count_at(layers: &[Layer], side: i64) -> anyhow::Result<FlopReport> {
         all_ops_total: rows.iter().map(|r| r.all_ops).sum(),
         params: rows.iter().map(|r| r.params).sum(),
         layers: rows,
+        per_face: 0,
     })
 }
 
@@ -167,9 +177,10 @@ pub fn efficiency(accuracy_percent: f64, fvcore_flops: i64) -> f64 {
 pub fn count_config(config: &crate::config::Config) -> anyhow::Result<FlopReport> {
     let mut report = count_at(&config.layers()?, config.train.input_size as i64)?;
     if config.train.eval_blur > 0.0 {
-        let k = crate::eval::gaussian_kernel(config.train.eval_blur).len() as i64;
+        let k = super::blur::gaussian_kernel(config.train.eval_blur).len() as i64;
         let side = crate::data::SIDE as i64;
-        let flops = 2 * side * side * k;
+        let flops = super::blur::fvcore_flops(config.train.eval_blur, side);
+        report.per_face = flops;
         report.layers.insert(0, LayerFlops {
             index: 0,
             kind: format!("gaussian_blur(sigma={}, {k} taps, separable)", config.train.eval_blur),
@@ -208,6 +219,10 @@ pub fn print(model: &str, json: bool) -> anyhow::Result<()> {
         .and_then(|b| serde_json::from_slice(&b).ok());
     if json {
         let mut v = serde_json::to_value(&report)?;
+        // What was counted, so that another counter (scripts/fvcore_truth.py) can count it too.
+        v["network"] = serde_json::to_value(config.layers()?)?;
+        v["input_size"] = config.train.input_size.into();
+        v["eval_blur"] = config.train.eval_blur.into();
         if let Some(s) = &summary {
             v["test_acc"] = s.test_acc.into();
             v["efficiency"] = efficiency(100.0 * s.test_acc, report.fvcore_total).into();
@@ -253,6 +268,39 @@ pub fn print(model: &str, json: bool) -> anyhow::Result<()> {
 mod tests {
     use super::*;
     use crate::nn::model::named;
+
+    /// tests/fixtures/fvcore_truth.json: fvcore's own counts (scripts/fvcore_truth.py) of every
+    /// layer kind, the blur, the named networks and the shipped models, each built in PyTorch
+    /// from fer's layer list.
+    #[test]
+    fn every_layer_kind_and_shipped_model_counts_as_fvcore_itself_counts() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let path = root.join("tests/fixtures/fvcore_truth.json");
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}; run scripts/fvcore_truth.py", path.display()));
+        let truth: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        let cases = truth["cases"].as_object().unwrap();
+        let kinds = ["conv", "batch_norm", "relu", "max_pool", "avg_pool", "global_avg_pool", "flatten", "linear", "dropout",
+                     "leaky_relu", "silu", "gelu", "separable", "residual", "se", "cbam"];
+        let text = String::from_utf8_lossy(&bytes);
+        for kind in kinds {
+            assert!(text.contains(&format!("\"type\": \"{kind}\"")), "no fvcore case has a {kind} layer");
+        }
+        for (name, case) in cases {
+            let layers: Vec<Layer> = serde_json::from_value(case["layers"].clone()).unwrap();
+            let mut config = crate::config::Config::for_network("baseline");
+            config.model = crate::config::ModelConfig { network: None, convnet: None, layers: Some(layers.clone()) };
+            config.train.input_size = case["input_size"].as_u64().unwrap() as usize;
+            config.train.eval_blur = case["eval_blur"].as_f64().unwrap();
+            let fvcore = case["fvcore"].as_i64().unwrap();
+            assert_eq!(count_config(&config).unwrap().fvcore_total, fvcore, "{name}: fvcore counts {fvcore}");
+            if case["model"].as_bool() == Some(true) {
+                // The truth must be of the network as it ships today.
+                let (now, _) = resolve(root.join(name).to_str().filter(|_| name.contains('/')).unwrap_or(name)).unwrap();
+                assert_eq!(now.layers().unwrap(), layers, "{name} changed: re-run scripts/fvcore_truth.py");
+                assert_eq!(now.train.eval_blur, config.train.eval_blur, "{name}");
+            }
+        }
+    }
 
     #[test]
     fn named_networks_match_fvcore_exactly() {
@@ -310,10 +358,15 @@ mod tests {
     }
 
     #[test]
-    fn evaluation_blur_is_counted_as_two_one_dimensional_convolutions() {
+    fn evaluation_blur_is_counted_once_per_face_as_two_one_dimensional_convolutions() {
         let mut c = crate::config::Config::for_network("mobile");
-        c.train.eval_blur = 1.0; // radius 3: 7 taps
-        assert_eq!(count_config(&c).unwrap().fvcore_total, 3_726_464 + 2 * 48 * 48 * 7);
+        c.train.eval_blur = 1.0; // radius 3: 7 taps; the row pass runs over 54 padded rows
+        let blur = (54 * 48 + 48 * 48) * 7;
+        let r = count_config(&c).unwrap();
+        assert_eq!(r.fvcore_total, 3_726_464 + blur);
+        assert_eq!(r.with_views(2), 2 * 3_726_464 + blur);
+        c.train.eval_blur = 0.0;
+        assert_eq!(count_config(&c).unwrap().with_views(10), 10 * 3_726_464);
     }
 
     #[test]

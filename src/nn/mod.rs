@@ -1,7 +1,9 @@
-//! Networks and what is done to them once trained: `model` builds them from layer lists, `flops`
+//! Networks and what is done to them once trained: `model` builds them from layer lists, `blur`
+//! is the evaluation blur in front of them, `flops`
 //! counts their cost as fvcore does, `export` folds batch norm and ships a run as a model folder
 //! with its card, `onnx` writes the folded network as an ONNX graph checked in tract.
 
+pub mod blur;
 pub mod export;
 pub mod flops;
 pub mod model;

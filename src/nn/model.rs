@@ -857,7 +857,7 @@ impl Trained {
 
     /// fvcore FLOPs of one face through this model with `tta`: one forward pass per view.
     pub fn flops_with(&self, tta: Tta) -> anyhow::Result<i64> {
-        Ok(super::flops::count_config(&self.config)?.fvcore_total * tta.views() as i64)
+        Ok(super::flops::count_config(&self.config)?.with_views(tta.views()))
     }
 }
 

@@ -190,9 +190,9 @@ impl Graph<'_> {
         self.vars.contains_key(&format!("{prefix}.{part}"))
     }
 
-    /// eval::blur: edges replicated, a row pass, then a column pass.
+    /// nn::blur::blur: edges replicated, a row pass, then a column pass.
     fn blur(&mut self, x: &str, sigma: f64) -> String {
-        let kernel = crate::eval::gaussian_kernel(sigma);
+        let kernel = super::blur::gaussian_kernel(sigma);
         let k = kernel.len() as i64;
         let r = k / 2;
         let g = Tensor::from_slice(&kernel);

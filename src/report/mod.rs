@@ -215,6 +215,9 @@ struct Noise {
     val: Vec<f64>,
     test: Vec<f64>,
     unseen: Vec<f64>,
+    /// With the runs' test-time augmentation, where every run scored one.
+    tta_val: Vec<f64>,
+    tta_test: Vec<f64>,
 }
 
 fn mean_std(v: &[f64]) -> (f64, f64) {
@@ -311,6 +314,8 @@ impl Noise {
             val: group.iter().map(|r| r.summary.val_acc).collect(),
             test: group.iter().map(|r| r.summary.test_acc).collect(),
             unseen: group.iter().filter_map(|r| r.summary.test_acc_unseen).collect(),
+            tta_val: group.iter().map(|r| r.summary.tta.as_ref().map(|t| t.val_acc)).collect::<Option<_>>().unwrap_or_default(),
+            tta_test: group.iter().map(|r| r.summary.tta.as_ref().map(|t| t.test_acc)).collect::<Option<_>>().unwrap_or_default(),
         }
     }
 

@@ -156,6 +156,8 @@ pub fn noise_json(n: &Noise) -> Value {
         "val": stat(&n.val),
         "test": stat(&n.test),
         "unseen": if n.unseen.is_empty() { Value::Null } else { stat(&n.unseen) },
+        "tta_val": if n.tta_val.is_empty() { Value::Null } else { stat(&n.tta_val) },
+        "tta_test": if n.tta_test.is_empty() { Value::Null } else { stat(&n.tta_test) },
         "threshold": n.threshold(),
     })
 }

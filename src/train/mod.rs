@@ -13,7 +13,7 @@ use tch::nn::ModuleT;
 use tch::{Device, Kind, Tensor};
 
 use crate::config::{Config, Tta};
-use crate::data::{write_atomic, Dataset, Split, NUM_CLASSES};
+use crate::data::{write_atomic, Dataset, Faces, Split, NUM_CLASSES};
 use crate::eval::combine;
 use crate::nn::model::{copy_named, param_count, save_atomic, Trained};
 use crate::record::{machine_name, AverageScore, BlurScore, EpochMetrics, Summary};
@@ -54,6 +54,10 @@ struct RunState {
     /// The time budget ran out (`time_budget_minutes`): the run is complete.
     #[serde(default)]
     budget_spent: bool,
+    /// The best candidate's weights as committed with this state (`best-NNNN.safetensors`);
+    /// `best.safetensors` is published from it once the state is down.
+    #[serde(default)]
+    best_weights: String,
 }
 
 pub struct TrainOptions {
@@ -186,7 +190,9 @@ pub fn train(config: &Config, data: &Dataset, opts: &TrainOptions) -> anyhow::Re
     let mut ema = (config.train.ema_decay > 0.0).then(|| Ema::new(config, opts.device, &model)).transpose()?;
     if opts.resume && state_file.exists() {
         state = serde_json::from_slice(&std::fs::read(&state_file)?)?;
-        let tensors: HashMap<String, Tensor> = Tensor::read_safetensors(dir.join(&state.checkpoint))?.into_iter().collect();
+        // On the run's device: the weight average and the EMA keep these tensors as they are.
+        let tensors: HashMap<String, Tensor> =
+            Tensor::read_safetensors(dir.join(&state.checkpoint))?.into_iter().map(|(k, t)| (k, t.to_device(opts.device))).collect();
         copy_named(&model.vs, &tensors, "model.")?;
         optimizer.load_state(&tensors, state.optimizer_steps)?;
         average = WeightAverage::from_checkpoint(&tensors, state.averaged_epochs)?;
@@ -197,6 +203,10 @@ pub fn train(config: &Config, data: &Dataset, opts: &TrainOptions) -> anyhow::Re
             println!("resuming {} after epoch {}", config.name, state.epochs_done);
         }
     }
+    // What a crash left that the state does not name goes, and the best weights it names are
+    // the published ones.
+    remove_stray_files(&dir, &state)?;
+    publish_best(&dir, &state)?;
     // metrics.jsonl is rewritten from the state, dropping any line written after the checkpoint.
     let metrics_path = dir.join("metrics.jsonl");
     let lines: String = state.history.iter().map(|m| serde_json::to_string(m).unwrap() + "\n").collect();
@@ -322,8 +332,9 @@ pub fn train(config: &Config, data: &Dataset, opts: &TrainOptions) -> anyhow::Re
             );
         }
 
-        // Best first, then the resumable checkpoint, then the pointer to it: a kill at any
-        // point leaves `last.json` naming a complete checkpoint.
+        // The best weights and the resumable checkpoint first, then the state naming both (the
+        // commit point), then best.safetensors published from the committed best: a kill at
+        // any point leaves `last.json` naming complete files, and a resume publishes again.
         let ema_better = metrics.ema_val_acc.is_some_and(|e| e > metrics.val_acc);
         let candidate = if ema_better { metrics.ema_val_acc.unwrap_or_default() } else { metrics.val_acc };
         if epoch == 1 || candidate > state.best_val_acc {
@@ -331,10 +342,12 @@ pub fn train(config: &Config, data: &Dataset, opts: &TrainOptions) -> anyhow::Re
             state.best_epoch = epoch;
             state.best_is_ema = ema_better;
             state.plateau_bad_epochs = 0;
+            let best = format!("best-{epoch:04}.safetensors");
             match (&ema, ema_better) {
-                (Some(ema), true) => ema.model.save(&dir.join("best.safetensors"))?,
-                _ => model.save(&dir.join("best.safetensors"))?,
+                (Some(ema), true) => ema.model.save(&dir.join(&best))?,
+                _ => model.save(&dir.join(&best))?,
             }
+            state.best_weights = best;
         } else {
             state.plateau_bad_epochs += 1;
             if let Schedule::Plateau { patience, factor, min_lr } = *schedule {
@@ -364,16 +377,17 @@ pub fn train(config: &Config, data: &Dataset, opts: &TrainOptions) -> anyhow::Re
             tensors.extend(ema.tensors());
         }
         save_atomic(&dir.join(&checkpoint), |tmp| Ok(Tensor::write_safetensors(&tensors, tmp)?))?;
-        let previous = std::mem::replace(&mut state.checkpoint, checkpoint);
+        state.checkpoint = checkpoint;
         state.epochs_done = epoch;
         state.optimizer_steps = optimizer.steps;
         state.averaged_epochs = average.epochs;
         clock.epoch_done(&metrics);
         state.history.push(metrics.clone());
         write_atomic(&state_file, &serde_json::to_vec_pretty(&state)?)?;
-        if !previous.is_empty() && previous != state.checkpoint {
-            let _ = std::fs::remove_file(dir.join(previous));
+        if state.best_epoch == epoch {
+            publish_best(&dir, &state)?;
         }
+        remove_stray_files(&dir, &state)?;
         let mut f = std::fs::OpenOptions::new().append(true).create(true).open(&metrics_path)?;
         writeln!(f, "{}", serde_json::to_string(&metrics)?)?;
     }
@@ -444,6 +458,31 @@ fn differences(key: &str, old: &toml::Value, new: &toml::Value, out: &mut Vec<St
 }
 
 /// Drops what a killed run was in the middle of writing (temporary and partial files).
+/// Makes `best.safetensors` the committed best weights that `state` names.
+fn publish_best(dir: &Path, state: &RunState) -> anyhow::Result<()> {
+    if state.best_weights.is_empty() {
+        return Ok(()); // a run from before best weights were committed with the state
+    }
+    let from = dir.join(&state.best_weights);
+    crate::data::write_durably(&dir.join("best.safetensors"), |tmp| std::fs::copy(&from, tmp).map(drop))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", from.display()))
+}
+
+/// Checkpoints and best weights that `state` does not name: older ones, and those of an epoch
+/// a crash cut short before its state was down.
+fn remove_stray_files(dir: &Path, state: &RunState) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let kept = name == state.checkpoint || name == state.best_weights;
+        let numbered = |prefix: &str| name.starts_with(prefix) && name.ends_with(".safetensors");
+        if !kept && (numbered("checkpoint-") || numbered("best-")) {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}
+
 fn remove_partial_files(dir: &Path) -> anyhow::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
@@ -455,15 +494,18 @@ fn remove_partial_files(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Picks the weights on PublicTest (the best epoch's, or the weight average), scores them on
-/// PrivateTest once, and writes `summary.json`.
-fn finish(config: &Config, data: &Dataset, dir: &Path, state: &RunState, average: &WeightAverage, opts: &TrainOptions) -> anyhow::Result<Summary> {
-    let summary_path = dir.join("summary.json");
-    if let Ok(bytes) = std::fs::read(&summary_path) {
-        // PrivateTest was already scored for this run: never touch it again.
-        return Ok(serde_json::from_slice(&bytes)?);
-    }
-    let val_faces = data.split(Split::PublicTest);
+/// What a run chose on PublicTest alone: the weights (now in `best.safetensors`), the blur
+/// (in `config.toml`), and their PublicTest (accuracy, loss).
+struct Choice {
+    model: Trained,
+    val: (f64, f64),
+    average: Option<AverageScore>,
+    blur_sweep: Vec<BlurScore>,
+}
+
+/// Picks the weights on PublicTest (the best epoch's, or the weight average) and the blur. It is
+/// given Training and PublicTest only, so no choice can read PrivateTest.
+fn choose(config: &Config, training: &Faces, val_faces: &Faces, dir: &Path, state: &RunState, average: &WeightAverage, opts: &TrainOptions) -> anyhow::Result<Choice> {
     let best = &state.history[state.best_epoch - 1];
     // (accuracy, loss) on PublicTest of the weights the scores use.
     let mut val = match (state.best_is_ema, best.ema_val_acc, best.ema_val_loss) {
@@ -476,8 +518,8 @@ fn finish(config: &Config, data: &Dataset, dir: &Path, state: &RunState, average
     let average = match average.epochs {
         0 => None,
         epochs => {
-            let mean = average.model(config, opts.device, &data.split(Split::Training))?;
-            let eval = mean.evaluate(&val_faces);
+            let mean = average.model(config, opts.device, training)?;
+            let eval = mean.evaluate(val_faces);
             let score = AverageScore {
                 first_epoch: state.epochs_done + 1 - epochs,
                 epochs,
@@ -511,16 +553,29 @@ fn finish(config: &Config, data: &Dataset, dir: &Path, state: &RunState, average
         .iter()
         .map(|&sigma| {
             model.config.train.eval_blur = sigma;
-            BlurScore { sigma, val_acc: model.evaluate(&val_faces).accuracy }
+            BlurScore { sigma, val_acc: model.evaluate(val_faces).accuracy }
         })
         .collect();
     // The blur the scores use; ties go to the earlier choice.
     if let Some(chosen) = blur_sweep.iter().reduce(|a, b| if b.val_acc > a.val_acc { b } else { a }) {
         model.config.train.eval_blur = chosen.sigma;
-        let eval = model.evaluate(&val_faces);
+        let eval = model.evaluate(val_faces);
         val = (eval.accuracy, eval.loss);
         write_atomic(&dir.join("config.toml"), model.config.to_toml().as_bytes())?;
     }
+    Ok(Choice { model, val, average, blur_sweep })
+}
+
+/// Takes the run's choice on PublicTest ([`choose`]), then scores it on PrivateTest once, and
+/// writes `summary.json`.
+fn finish(config: &Config, data: &Dataset, dir: &Path, state: &RunState, average: &WeightAverage, opts: &TrainOptions) -> anyhow::Result<Summary> {
+    let summary_path = dir.join("summary.json");
+    if let Ok(bytes) = std::fs::read(&summary_path) {
+        // PrivateTest was already scored for this run: never touch it again.
+        return Ok(serde_json::from_slice(&bytes)?);
+    }
+    let val_faces = data.split(Split::PublicTest);
+    let Choice { model, val, average, blur_sweep } = choose(config, &data.split(Split::Training), &val_faces, dir, state, average, opts)?;
     let config = &model.config;
     let test_faces = data.split(Split::PrivateTest);
     let test = model.evaluate(&test_faces);

@@ -53,9 +53,13 @@ pub fn write_folder(data: &Dataset, root: &Path) {
 
 /// Notes that the running test skips its real work, and why. cargo hides what passing tests
 /// print, so the note also goes to `target/tmp/skipped-tests.txt`, which `scripts/test.sh`
-/// shows at the end of the run.
+/// shows at the end of the run. Under `FER_FORBID_SKIPS=1` (CI, where everything is installed)
+/// a skip is a failure.
 pub fn skip(why: &str) {
     let test = std::thread::current().name().unwrap_or("a test").to_string();
+    if std::env::var_os("FER_FORBID_SKIPS").is_some_and(|v| v == "1") {
+        panic!("{test} may not skip here (FER_FORBID_SKIPS=1): {why}");
+    }
     eprintln!("skipped {test}: {why}");
     let list = Path::new(env!("CARGO_TARGET_TMPDIR")).join("skipped-tests.txt");
     if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(list) {
@@ -103,26 +107,23 @@ pub fn tiny_config(name: &str, epochs: usize) -> fer::config::Config {
 /// A `fer serve` app on a free loopback port, run on its own thread: its base URL, and the
 /// switch that stops it.
 pub fn start_server(max_body: usize, queue: usize) -> (String, tokio::sync::oneshot::Sender<()>) {
-    let options = fer::serve::ServeOptions {
-        model: fer::predict::default_model().unwrap(),
-        max_body,
-        queue,
-        workers: 1,
-        detector: Default::default(),
-    };
-    let app = fer::serve::app(options).unwrap();
+    let model = fer::predict::default_model().unwrap();
+    start_server_with(fer::serve::ServeOptions { model, max_body, queue, ..Default::default() })
+}
+
+/// As [`start_server`], with every option given; through the server's own accept loop.
+pub fn start_server_with(options: fer::serve::ServeOptions) -> (String, tokio::sync::oneshot::Sender<()>) {
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     std::thread::spawn(move || {
         tokio::runtime::Runtime::new().unwrap().block_on(async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             addr_tx.send(listener.local_addr().unwrap()).unwrap();
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop_rx.await;
-                })
-                .await
-                .unwrap();
+            fer::serve::serve_on(listener, options, async move {
+                let _ = stop_rx.await;
+            })
+            .await
+            .unwrap();
         });
     });
     (format!("http://{}", addr_rx.recv().unwrap()), stop_tx)

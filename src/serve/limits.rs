@@ -1,0 +1,229 @@
+//! What keeps `fer serve` answering under hostile clients: its own accept loop over hyper, with
+//! a header read timeout per connection and a cap on open connections, and the admission
+//! permits a request takes before its body is read.
+//!
+//! Slow clients lose to fresh ones. At the cap, a new connection closes the oldest one that is
+//! not waiting on inference (idle, or still sending its request); when every admission permit
+//! is held, a new request closes the oldest connection that has been sending its body for over
+//! [`STALLED`]. So a thousand stalled uploads cost their own connections, not the next honest
+//! request, and the stalled connections that remain are closed when their timeouts end.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+
+/// A body still arriving after this is a stalled upload, which a new request may displace when
+/// the server is full; honest uploads over loopback or a LAN finish well within it.
+pub const STALLED: Duration = Duration::from_secs(2);
+
+const NOT_SENDING: u64 = u64::MAX;
+
+/// One open connection, as the limits see it.
+pub struct Connection {
+    id: u64,
+    /// Since when (milliseconds from the limits' start) it holds an admission permit while its
+    /// body arrives; NOT_SENDING otherwise.
+    sending_body_since: AtomicU64,
+    /// Its request is with the inference threads: never closed for another.
+    waiting_on_inference: AtomicBool,
+    closed: Notify,
+}
+
+impl Connection {
+    /// Resolves when the limits close this connection for a newer one.
+    pub async fn closed_for_another(&self) {
+        self.closed.notified().await
+    }
+}
+
+/// The open connections, oldest first, and the admission permits.
+pub struct Limits {
+    max_connections: usize,
+    open: Mutex<VecDeque<Arc<Connection>>>,
+    next_id: AtomicU64,
+    permits: Arc<Semaphore>,
+    started: Instant,
+}
+
+impl Limits {
+    /// `max_connections` open at once (lowered to fit the process's open-file limit), and
+    /// `admitted` requests past their headers at once (reading a body, queued or in inference).
+    pub fn new(max_connections: usize, admitted: usize) -> Limits {
+        Limits {
+            max_connections: max_connections.min(open_file_room()).max(1),
+            open: Mutex::new(VecDeque::new()),
+            next_id: AtomicU64::new(0),
+            permits: Arc::new(Semaphore::new(admitted.max(1))),
+            started: Instant::now(),
+        }
+    }
+
+    pub fn max_connections(&self) -> usize {
+        self.max_connections
+    }
+
+    /// Registers a new connection; at the cap, first closes the oldest one not waiting on
+    /// inference.
+    pub fn open(&self) -> Arc<Connection> {
+        let connection = Arc::new(Connection {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            sending_body_since: AtomicU64::new(NOT_SENDING),
+            waiting_on_inference: AtomicBool::new(false),
+            closed: Notify::new(),
+        });
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if open.len() >= self.max_connections {
+            if let Some(i) = open.iter().position(|c| !c.waiting_on_inference.load(Ordering::Acquire)) {
+                let victim = open.remove(i).expect("a position in the queue");
+                victim.closed.notify_one();
+            }
+        }
+        open.push_back(connection.clone());
+        connection
+    }
+
+    pub fn close(&self, connection: &Connection) {
+        self.open.lock().unwrap_or_else(|e| e.into_inner()).retain(|c| c.id != connection.id);
+    }
+
+    /// Closes the oldest connection, for an accept that failed for want of file descriptors.
+    pub fn close_oldest_idle(&self) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = open.iter().position(|c| !c.waiting_on_inference.load(Ordering::Acquire)) {
+            open.remove(i).expect("a position in the queue").closed.notify_one();
+        }
+    }
+
+    pub fn open_connections(&self) -> usize {
+        self.open.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// An admission permit for a request about to send its body (on `connection` when it
+    /// came through the accept loop). When none is free, the oldest connection whose body has
+    /// been arriving for over [`STALLED`] is closed for this one; None when there is none.
+    pub async fn admit(&self, connection: Option<&Arc<Connection>>) -> Option<Admission> {
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                // Nothing has been arriving for longer than STALLED while the server is younger.
+                let stalled_before = self.now_ms().checked_sub(STALLED.as_millis() as u64);
+                let victim = stalled_before.and_then(|before| {
+                    let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+                    open.iter()
+                        .find(|c| {
+                            let since = c.sending_body_since.load(Ordering::Acquire);
+                            since != NOT_SENDING && since <= before && connection.is_none_or(|me| me.id != c.id)
+                        })
+                        .cloned()
+                });
+                match victim {
+                    Some(v) => {
+                        v.sending_body_since.store(NOT_SENDING, Ordering::Release);
+                        v.closed.notify_one();
+                        // Its handler is dropped with its connection, and its permit with it.
+                        tokio::time::timeout(Duration::from_millis(500), self.permits.clone().acquire_owned()).await.ok().and_then(Result::ok)
+                    }
+                    None => None,
+                }
+            }
+        }?;
+        if let Some(c) = connection {
+            c.sending_body_since.store(self.now_ms(), Ordering::Release);
+        }
+        Some(Admission { _permit: permit, connection: connection.cloned() })
+    }
+}
+
+/// A request's admission: while it lives, the request holds one of the permits.
+pub struct Admission {
+    _permit: OwnedSemaphorePermit,
+    connection: Option<Arc<Connection>>,
+}
+
+impl Admission {
+    /// The body is in: from now on the request waits on inference and its connection stays.
+    pub fn body_received(&self) {
+        if let Some(c) = &self.connection {
+            c.sending_body_since.store(NOT_SENDING, Ordering::Release);
+            c.waiting_on_inference.store(true, Ordering::Release);
+        }
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if let Some(c) = &self.connection {
+            c.sending_body_since.store(NOT_SENDING, Ordering::Release);
+            c.waiting_on_inference.store(false, Ordering::Release);
+        }
+    }
+}
+
+/// Connections the process can still open files for: its soft open-file limit less a margin
+/// for the model files, the listener and the runtime.
+fn open_file_room() -> usize {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the struct it is given, nothing else.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
+    if !ok || limit.rlim_cur == libc::RLIM_INFINITY {
+        return usize::MAX;
+    }
+    (limit.rlim_cur as usize).saturating_sub(64).max(16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn at_the_cap_the_oldest_connection_not_in_inference_is_closed() {
+        let limits = Limits::new(2, 4);
+        let a = limits.open();
+        let b = limits.open();
+        a.waiting_on_inference.store(true, Ordering::Release);
+        let _c = limits.open();
+        assert_eq!(limits.open_connections(), 2);
+        // b was closed, not a (which waits on inference).
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        runtime.block_on(async {
+            tokio::time::timeout(Duration::from_secs(1), b.closed_for_another()).await.expect("b is told to close");
+            assert!(tokio::time::timeout(Duration::from_millis(50), a.closed_for_another()).await.is_err(), "a stays");
+        });
+    }
+
+    #[test]
+    fn a_request_without_a_permit_closes_the_oldest_stalled_upload() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        runtime.block_on(async {
+            let mut limits = Limits::new(10, 1);
+            // A server up for a while: only then can an upload have been arriving that long.
+            limits.started = Instant::now().checked_sub(3 * STALLED).unwrap();
+            let slow = limits.open();
+            let held = limits.admit(Some(&slow)).await.expect("a free permit");
+            let fresh = limits.open();
+            // A body that has just begun is not stalled: no one is closed for the fresh request.
+            assert!(limits.admit(Some(&fresh)).await.is_none());
+            // Backdated to the server's start, it has been arriving for longer than STALLED.
+            slow.sending_body_since.store(0, Ordering::Release);
+            // The slow upload is closed; once its handler (and permit) is dropped, the fresh
+            // request gets the permit.
+            let admitting = limits.admit(Some(&fresh));
+            let release = async {
+                slow.closed_for_another().await;
+                drop(held);
+            };
+            let (admitted, ()) = tokio::join!(admitting, release);
+            let admitted = admitted.expect("the slow upload's permit");
+            // With the body in, it waits on inference: a third request finds no one to close.
+            admitted.body_received();
+            let third = limits.open();
+            assert!(limits.admit(Some(&third)).await.is_none());
+        });
+    }
+}
