@@ -232,6 +232,10 @@ enum Command {
         /// Videos: look at one frame every this many seconds instead.
         #[arg(long)]
         every_seconds: Option<f64>,
+        /// Videos: the half-life, in seconds, of the moving average that smooths each track's
+        /// probabilities (its new label follows a real change within this).
+        #[arg(long, default_value_t = fer::face::track::DEFAULT_HALF_LIFE)]
+        smooth_seconds: f64,
         /// Where the grid of --random goes.
         #[arg(long, default_value = "runs/predictions.png")]
         out: PathBuf,
@@ -538,7 +542,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 print_onnx_check(&out, data.as_ref())?;
             }
         }
-        Command::Predict { inputs, random, split, model, no_detect, min_face, format, json, csv, annotate, every, every_seconds, out, seed } => {
+        Command::Predict { inputs, random, split, model, no_detect, min_face, format, json, csv, annotate, every, every_seconds, smooth_seconds, out, seed } => {
             let dir = model.map_or_else(fer::predict::default_model, Ok)?;
             let trained = Trained::load(&dir, tch::Device::Cpu)?;
             if let Some(n) = random {
@@ -556,7 +560,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(t) => anyhow::bail!("--every-seconds must be positive, not {t}"),
                 None => fer::media::Sampling::EveryNth(every.max(1)),
             };
-            let opts = fer::predict::PredictOptions { detect: !no_detect, format, annotate, sampling, quiet: false };
+            anyhow::ensure!(smooth_seconds > 0.0 && smooth_seconds.is_finite(), "--smooth-seconds must be positive, not {smooth_seconds}");
+            let opts = fer::predict::PredictOptions { detect: !no_detect, format, annotate, sampling, half_life: smooth_seconds, quiet: false };
             fer::predict::run(&pipeline, &inputs, &opts)?;
         }
         Command::Pipeline { baseline, baseline_record, retrain_baseline, speedrun, runs } => {

@@ -202,7 +202,7 @@ pub const CLASS_COLORS: [RGBColor; NUM_CLASSES] = [
 ];
 
 /// Draws each face's box, label and probabilities onto the image.
-pub fn annotate(image: &mut image::RgbImage, faces: &[crate::face::FaceResult]) -> anyhow::Result<()> {
+pub fn annotate(image: &mut image::RgbImage, faces: &[crate::face::FaceResult], captions: &[String]) -> anyhow::Result<()> {
     register_font();
     let (w, h) = image.dimensions();
     let root = BitMapBackend::with_buffer(image.as_mut(), (w, h)).into_drawing_area();
@@ -214,7 +214,7 @@ pub fn annotate(image: &mut image::RgbImage, faces: &[crate::face::FaceResult]) 
         root.draw(&Rectangle::new([(x0, y0), (x1, y1)], color.stroke_width(thick))).map_err(err)?;
         // The label above the box; the three likeliest classes below it, as bars.
         let size = (b.w / 4.0).clamp(12.0, 48.0);
-        let label = format!("{} {}", i, f.label);
+        let label = captions.get(i).cloned().unwrap_or_else(|| format!("{i} {}", f.label));
         let text_y = (y0 - size as i32 - 4).max(0);
         root.draw(&Rectangle::new([(x0, text_y), (x0 + (label.len() as f64 * size * 0.55) as i32, text_y + size as i32 + 2)], color.filled())).map_err(err)?;
         root.draw(&Text::new(label, (x0 + 2, text_y), (FONT, size).into_font().color(&BLACK))).map_err(err)?;
@@ -243,13 +243,14 @@ pub fn emotion_timeline(path: &Path, name: &str, timeline: &[(f64, Option<[f32; 
     root.fill(&WHITE).map_err(err)?;
     let (left, right) = root.split_horizontally(760);
     let mut chart = ChartBuilder::on(&left)
-        .caption(format!("{name}: expression of the largest face over time"), (FONT, 18))
+        .caption(name, (FONT, 16))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(50)
         .build_cartesian_2d(0.0..t1, 0.0..1.0)
         .map_err(err)?;
-    chart.configure_mesh().x_desc("time (s)").y_desc("probability").label_style((FONT, 13)).draw().map_err(err)?;
+    // Few enough time labels that they never run into each other, whatever the length.
+    chart.configure_mesh().x_labels(8).x_label_formatter(&|t| if t1 < 10.0 { format!("{t:.1}") } else { format!("{t:.0}") }).x_desc("time (s)").y_desc("probability").label_style((FONT, 13)).draw().map_err(err)?;
     for c in 0..NUM_CLASSES {
         // One line per run of frames with a face.
         let mut runs: Vec<Vec<(f64, f64)>> = vec![Vec::new()];
@@ -275,19 +276,23 @@ pub fn emotion_timeline(path: &Path, name: &str, timeline: &[(f64, Option<[f32; 
         .margin(12)
         .x_label_area_size(30)
         .y_label_area_size(70)
-        .build_cartesian_2d(0.0..100.0, 0..NUM_CLASSES as i32)
+        // Each class's bar centred on its label.
+        .build_cartesian_2d(0.0..100.0, -0.5..NUM_CLASSES as f64 - 0.5)
         .map_err(err)?;
     bars.configure_mesh()
-        .disable_y_mesh()
+        .disable_mesh()
         .y_labels(NUM_CLASSES)
-        .y_label_formatter(&|i| CLASSES.get(*i as usize).map_or(String::new(), |c| c.to_string()))
+        .y_label_formatter(&|y| CLASSES.get(y.round() as usize).filter(|_| (y - y.round()).abs() < 0.01).map_or(String::new(), |c| c.to_string()))
+        .x_labels(3)
+        .x_label_formatter(&|x| format!("{x:.0}"))
         .x_desc("% of frames")
         .label_style((FONT, 12))
         .draw()
         .map_err(err)?;
     for c in 0..NUM_CLASSES {
         let share = 100.0 * with_face.iter().filter(|&&l| l == c).count() as f64 / with_face.len().max(1) as f64;
-        bars.draw_series([Rectangle::new([(0.0, c as i32), (share, c as i32 + 1)], CLASS_COLORS[c].filled())]).map_err(err)?;
+        let y = c as f64;
+        bars.draw_series([Rectangle::new([(0.0, y - 0.35), (share, y + 0.35)], CLASS_COLORS[c].filled())]).map_err(err)?;
     }
     root.present().map_err(err)?;
     Ok(())

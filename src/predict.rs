@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::data::{Dataset, Faces, Split, CLASSES, NUM_CLASSES, PIXELS};
+use crate::face::track::{changes_per_second, Tracked, Tracker};
 use crate::face::{argmax, Analysis, FaceResult, Pipeline};
 use crate::media::{self, Sampling};
 use crate::plot::{face_grid, Tile};
@@ -39,6 +40,8 @@ pub struct PredictOptions {
     /// Where annotated copies (and per-video summaries) go.
     pub annotate: Option<PathBuf>,
     pub sampling: Sampling,
+    /// Videos: the half-life of each track's smoothing, in seconds.
+    pub half_life: f64,
     pub quiet: bool,
 }
 
@@ -48,6 +51,8 @@ struct Place<'a> {
     /// Frame number and time in seconds, for videos.
     frame: Option<(u64, f64)>,
     face: usize,
+    /// Videos: the face's track and its smoothed probabilities.
+    track: Option<Tracked>,
 }
 
 /// The output stream: a table, JSON lines or CSV rows on standard output.
@@ -56,7 +61,7 @@ struct Sink {
     header_written: bool,
 }
 
-const CSV_HEADER: &str = "file,frame,time,face,x,y,w,h,score,label,angry,disgust,fear,happy,sad,surprise,neutral";
+const CSV_HEADER: &str = "file,frame,time,face,x,y,w,h,score,label,angry,disgust,fear,happy,sad,surprise,neutral,track,smoothed_label,smoothed_angry,smoothed_disgust,smoothed_fear,smoothed_happy,smoothed_sad,smoothed_surprise,smoothed_neutral";
 
 impl Sink {
     /// Writes one face; a closed output (`fer predict ... | head`) ends the program quietly.
@@ -71,8 +76,9 @@ impl Sink {
         let b = &r.bbox;
         match self.format {
             Format::Json => {
-                let probs: serde_json::Map<String, serde_json::Value> =
-                    CLASSES.iter().zip(&r.probabilities).map(|(c, v)| (c.to_string(), (*v as f64).into())).collect();
+                let probs = |p: &[f32; NUM_CLASSES]| -> serde_json::Map<String, serde_json::Value> {
+                    CLASSES.iter().zip(p).map(|(c, v)| (c.to_string(), (*v as f64).into())).collect()
+                };
                 let line = serde_json::json!({
                     "file": at.file,
                     "frame": at.frame.map(|f| f.0),
@@ -81,7 +87,10 @@ impl Sink {
                     "box": {"x": b.x, "y": b.y, "w": b.w, "h": b.h},
                     "score": r.score,
                     "label": r.label,
-                    "probabilities": probs,
+                    "probabilities": probs(&r.probabilities),
+                    "track": at.track.map(|t| t.track),
+                    "smoothed_label": at.track.map(|t| CLASSES[argmax(&t.smoothed)]),
+                    "smoothed": at.track.map(|t| probs(&t.smoothed)),
                 });
                 writeln!(out, "{line}")
             }
@@ -104,6 +113,14 @@ impl Sink {
                     r.label.to_string(),
                 ];
                 row.extend(r.probabilities.iter().map(|p| format!("{p:.4}")));
+                match at.track {
+                    Some(t) => {
+                        row.push(t.track.to_string());
+                        row.push(CLASSES[argmax(&t.smoothed)].to_string());
+                        row.extend(t.smoothed.iter().map(|p| format!("{p:.4}")));
+                    }
+                    None => row.extend(std::iter::repeat_n(String::new(), 2 + NUM_CLASSES)),
+                }
                 w.write_record(&row).map_err(std::io::Error::other)?;
                 out.write_all(&w.into_inner().map_err(|e| std::io::Error::other(e.to_string()))?)
             }
@@ -281,11 +298,12 @@ fn photo(pipeline: &Pipeline, path: &Path, stem: &str, name: &str, opts: &Predic
         eprintln!("{name}: no face found");
     }
     for (i, r) in analysis.faces.iter().enumerate() {
-        sink.face(out, &Place { file: name, frame: None, face: i }, r).map_err(|e| e.to_string())?;
+        sink.face(out, &Place { file: name, frame: None, face: i, track: None }, r).map_err(|e| e.to_string())?;
     }
     if let Some(dir) = &opts.annotate {
         let mut rgb = image.to_rgb8();
-        crate::plot::annotate(&mut rgb, &analysis.faces).map_err(|e| e.to_string())?;
+        let captions: Vec<String> = analysis.faces.iter().enumerate().map(|(i, f)| format!("{i} {}", f.label)).collect();
+        crate::plot::annotate(&mut rgb, &analysis.faces, &captions).map_err(|e| e.to_string())?;
         let dest = dir.join(annotated_name(stem, "png"));
         rgb.save(&dest).map_err(|e| format!("writing {}: {e}", dest.display()))?;
     }
@@ -329,8 +347,10 @@ fn video(pipeline: &Pipeline, path: &Path, stem: &str, name: &str, opts: &Predic
         Some(dir) => Some(media::VideoWriter::create(&dir.join(annotated_name(stem, "mp4")), info.width, info.height, rate)?),
         None => None,
     };
-    // Per sampled frame: its time and the probabilities of its largest face (if any).
-    let mut timeline: Vec<(f64, Option<[f32; NUM_CLASSES]>)> = Vec::new();
+    let mut tracker = Tracker::new(opts.half_life);
+    // Per sampled frame: its time, and each face's track with its raw and smoothed
+    // probabilities.
+    let mut seen: Vec<(f64, Vec<(Tracked, [f32; NUM_CLASSES])>)> = Vec::new();
     let mut decode_start = t;
     while let Some((k, frame)) = frames.next() {
         tally.decode += decode_start.elapsed();
@@ -339,25 +359,43 @@ fn video(pipeline: &Pipeline, path: &Path, stem: &str, name: &str, opts: &Predic
         let analysis = pipeline.analyse(&image, opts.detect);
         tally.count(&analysis);
         tally.frames += 1;
-        for (i, r) in analysis.faces.iter().enumerate() {
-            sink.face(out, &Place { file: name, frame: Some((frames.frame_of(k), time)), face: i }, r).map_err(|e| e.to_string())?;
+        let tracked = tracker.update(time, &analysis.faces.iter().map(|f| (f.bbox, f.probabilities)).collect::<Vec<_>>());
+        for (i, (r, t)) in analysis.faces.iter().zip(&tracked).enumerate() {
+            sink.face(out, &Place { file: name, frame: Some((frames.frame_of(k), time)), face: i, track: Some(*t) }, r).map_err(|e| e.to_string())?;
         }
-        let main = analysis.faces.iter().max_by(|a, b| (a.bbox.w * a.bbox.h).total_cmp(&(b.bbox.w * b.bbox.h)));
-        timeline.push((time, main.map(|f| f.probabilities)));
+        seen.push((time, tracked.iter().zip(&analysis.faces).map(|(t, f)| (*t, f.probabilities)).collect()));
         if let Some(w) = writer.as_mut() {
+            // Each face as its track sees it: its number and its smoothed label and bars.
+            let shown: Vec<FaceResult> = analysis
+                .faces
+                .iter()
+                .zip(&tracked)
+                .map(|(f, t)| FaceResult { probabilities: t.smoothed, label: CLASSES[argmax(&t.smoothed)], ..f.clone() })
+                .collect();
+            let captions: Vec<String> = shown.iter().zip(&tracked).map(|(f, t)| format!("#{} {}", t.track, f.label)).collect();
             let mut rgb: RgbImage = image.into_rgb8();
-            crate::plot::annotate(&mut rgb, &analysis.faces).map_err(|e| e.to_string())?;
+            crate::plot::annotate(&mut rgb, &shown, &captions).map_err(|e| e.to_string())?;
             w.write(&rgb)?;
         }
         decode_start = Instant::now();
     }
     frames.finish()?;
-    if timeline.is_empty() {
+    if seen.is_empty() {
         return Err("ffmpeg gave no frames".into());
     }
     if let Some(w) = writer {
         w.finish()?;
     }
+    // The track seen in most frames, smoothed, is the video's summary.
+    let mut frames_of = std::collections::BTreeMap::<u64, usize>::new();
+    for (_, faces) in &seen {
+        for (t, _) in faces {
+            *frames_of.entry(t.track).or_default() += 1;
+        }
+    }
+    let main = frames_of.iter().max_by_key(|&(id, n)| (*n, std::cmp::Reverse(*id))).map(|(&id, _)| id);
+    let timeline: Vec<(f64, Option<[f32; NUM_CLASSES]>)> =
+        seen.iter().map(|(time, faces)| (*time, faces.iter().find(|(t, _)| Some(t.track) == main).map(|(t, _)| t.smoothed))).collect();
     let with_face: Vec<usize> = timeline.iter().filter_map(|(_, p)| p.as_ref().map(argmax)).collect();
     let mut shares: Vec<String> = (0..NUM_CLASSES)
         .map(|c| (c, with_face.iter().filter(|&&l| l == c).count()))
@@ -367,12 +405,39 @@ fn video(pipeline: &Pipeline, path: &Path, stem: &str, name: &str, opts: &Predic
     if shares.is_empty() {
         shares.push("no face in any frame".into());
     }
-    eprintln!("{name}: {} frames sampled over {:.1} s, {} with a face: {}", timeline.len(), info.seconds, with_face.len(), shares.join(", "));
+    eprintln!("{name}: {} frames sampled over {:.1} s, {} tracks, the longest (#{}) in {} frames: {}", seen.len(), info.seconds, frames_of.len(), main.map_or("-".into(), |m| m.to_string()), with_face.len(), shares.join(", "));
+    let (raw, smoothed) = flicker(&seen);
+    if frames_of.values().any(|&n| n > 1) {
+        eprintln!("{name}: labels change {raw:.2} times a second along a track, {smoothed:.2} smoothed (half-life {} s)", opts.half_life);
+    }
     if let Some(dir) = &opts.annotate {
         let dest = dir.join(annotated_name(stem, "summary.png"));
-        crate::plot::emotion_timeline(&dest, name, &timeline).map_err(|e| e.to_string())?;
+        let title = format!("{name}: track #{} (seen longest), smoothed over a half-life of {} s", main.map_or("-".into(), |m| m.to_string()), opts.half_life);
+        crate::plot::emotion_timeline(&dest, &title, &timeline).map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+/// Label changes per second along each track, raw and smoothed, over all tracks' time.
+fn flicker(seen: &[(f64, Vec<(Tracked, [f32; NUM_CLASSES])>)]) -> (f64, f64) {
+    let mut by_track = std::collections::BTreeMap::<u64, Vec<(f64, usize, usize)>>::new();
+    for (time, faces) in seen {
+        for (t, raw) in faces {
+            by_track.entry(t.track).or_default().push((*time, argmax(raw), argmax(&t.smoothed)));
+        }
+    }
+    let (mut raw, mut smoothed, mut span) = (0.0, 0.0, 0.0);
+    for labels in by_track.values().filter(|l| l.len() > 1) {
+        let s = labels.last().map_or(0.0, |l| l.0) - labels[0].0;
+        raw += s * changes_per_second(&labels.iter().map(|l| (l.0, l.1)).collect::<Vec<_>>());
+        smoothed += s * changes_per_second(&labels.iter().map(|l| (l.0, l.2)).collect::<Vec<_>>());
+        span += s;
+    }
+    if span > 0.0 {
+        (raw / span, smoothed / span)
+    } else {
+        (0.0, 0.0)
+    }
 }
 
 /// A grid of `n` random faces of `split`: true label, predicted label and its probability.

@@ -115,7 +115,7 @@ fn predict_labels_every_face_and_names_every_bad_input() {
     let o = fer(d, &["predict", "--csv", "photos/nested"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let csv = String::from_utf8_lossy(&o.stdout);
-    assert!(csv.starts_with("file,frame,time,face,x,y,w,h,score,label,angry,disgust,fear,happy,sad,surprise,neutral\n"), "{csv}");
+    assert!(csv.starts_with("file,frame,time,face,x,y,w,h,score,label,angry,disgust,fear,happy,sad,surprise,neutral,track,smoothed_label,smoothed_angry,"), "{csv}");
     assert_eq!(csv.lines().count(), 1 + in_file("front-row.webp"));
 }
 
@@ -165,6 +165,14 @@ fn predict_samples_a_video_and_annotates_it() {
     let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let frames: std::collections::BTreeSet<u64> = lines.iter().map(|l| l["frame"].as_u64().unwrap()).collect();
     assert_eq!(frames.into_iter().collect::<Vec<_>>(), [0, 5, 10, 15], "every 5th of 20 frames");
+    // Every face is on a track; the same people in every frame keep theirs, one each.
+    let per_frame = lines.iter().filter(|l| l["frame"] == 0).count();
+    let tracks: std::collections::BTreeSet<u64> = lines.iter().map(|l| l["track"].as_u64().expect("a track")).collect();
+    assert!(per_frame >= 5 && tracks.len() == per_frame, "{} tracks for {per_frame} faces a frame", tracks.len());
+    for l in &lines {
+        assert!(fer::data::CLASSES.contains(&l["smoothed_label"].as_str().unwrap()) && l["smoothed"].as_object().unwrap().len() == 7, "{l}");
+    }
+    assert!(err.contains("labels change") && err.contains("smoothed (half-life 0.5 s)"), "{err}");
     let last = lines.iter().find(|l| l["frame"] == 15).unwrap();
     assert!((last["time"].as_f64().unwrap() - 1.5).abs() < 1e-6);
     assert!(err.contains("group.mp4: 4 frames sampled"), "{err}");

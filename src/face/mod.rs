@@ -1,9 +1,11 @@
 //! Faces in the wild: find them in a photo (`detect`), cut each out the way FER-2013 framed its
-//! faces (`frame`), and classify the 48x48 result. One pipeline serves `fer predict` on photos,
-//! folders and videos alike.
+//! faces (`frame`), and classify the 48x48 result; in a video, link each face to its track
+//! across frames and smooth its probabilities (`track`). One pipeline serves `fer predict` on
+//! photos, folders and videos alike.
 
 pub mod detect;
 pub mod frame;
+pub mod track;
 
 use image::DynamicImage;
 use serde::Serialize;
