@@ -74,11 +74,7 @@ fn resident_mb() -> f64 {
 /// photo (a crop of the Solvay photo, 11 faces) from 1, 4 and 16 concurrent clients; requests
 /// per second, p50 / p99 latency, failures, and resident memory before and after.
 fn serve(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
-    let photo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/solvay-1927.jpg");
-    let image = crate::media::read_image(&photo).map_err(|e| anyhow::anyhow!("{}: {e}", photo.display()))?;
-    let mut jpeg = std::io::Cursor::new(Vec::new());
-    image.crop_imm(0, 180, 960, 720).resize_exact(640, 480, image::imageops::FilterType::Triangle).write_to(&mut jpeg, image::ImageFormat::Jpeg)?;
-    let body = jpeg.into_inner();
+    let body = load_photo()?;
     let options = crate::serve::ServeOptions { model: crate::predict::default_model()?, queue: 64, ..Default::default() };
     let runtime = tokio::runtime::Runtime::new()?;
     let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
@@ -125,11 +121,135 @@ fn serve(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
     Ok(json!({"impl": "fer", "mode": "serve", "photo": "640x480 JPEG, 11 faces", "workers": 1, "threads": tch::get_num_threads(), "runs": rows}))
 }
 
+/// The 640x480 JPEG the load runs send (a crop of the Solvay photo, 11 faces).
+fn load_photo() -> anyhow::Result<Vec<u8>> {
+    let photo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/solvay-1927.jpg");
+    let image = crate::media::read_image(&photo).map_err(|e| anyhow::anyhow!("{}: {e}", photo.display()))?;
+    let mut jpeg = std::io::Cursor::new(Vec::new());
+    image.crop_imm(0, 180, 960, 720).resize_exact(640, 480, image::imageops::FilterType::Triangle).write_to(&mut jpeg, image::ImageFormat::Jpeg)?;
+    Ok(jpeg.into_inner())
+}
+
+/// Open file descriptors of this process (Linux).
+fn open_files() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
+
+/// A mixed load on `fer serve` over loopback for `--steps` seconds: 4 clients sending the
+/// photo, 2 sending garbage, 1 declaring bodies over the limit, and an upload that stalls
+/// opened every 20 ms. Requests per second and p50 / p99 latency of the photos; answers wrong
+/// for their request (a photo not answered with its faces or a 503, garbage not 415, an
+/// oversized body not 413); memory and open files before, and after the stalled uploads' body
+/// timeout has passed.
+fn serve_mixed(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+    let body = load_photo()?;
+    let body_timeout = Duration::from_secs(3);
+    let options = crate::serve::ServeOptions { model: crate::predict::default_model()?, max_body: 2_000_000, body_timeout, ..Default::default() };
+    let runtime = tokio::runtime::Runtime::new()?;
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let addr = listener.local_addr()?;
+    let url = format!("http://{addr}/api/predict");
+    runtime.spawn(crate::serve::serve_on(listener, options, std::future::pending()));
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(30))).build().into();
+    let post = |bytes: &[u8], kind: &str| -> (u16, String) {
+        match agent.post(&url).header("Content-Type", kind).send(bytes) {
+            Ok(mut r) => (r.status().as_u16(), r.body_mut().read_to_string().unwrap_or_default()),
+            Err(e) => (0, e.to_string()),
+        }
+    };
+    let faces_in = |answer: &str| serde_json::from_str::<serde_json::Value>(answer).ok().and_then(|v| v["faces"].as_array().map(Vec::len));
+    let (status, answer) = post(&body, "image/jpeg");
+    anyhow::ensure!(status == 200, "the server did not answer the photo: {status} {answer}");
+    let expected = faces_in(&answer);
+    let (rss_before, files_before) = (resident_mb(), open_files());
+    let seconds = args.steps.max(1) as f64;
+    let until = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let (photos, garbage, oversized, stalled) = std::thread::scope(|s| {
+        let photo_clients: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut seen = Vec::new();
+                    while Instant::now() < until {
+                        let t = Instant::now();
+                        let (status, answer) = post(&body, "image/jpeg");
+                        let right = (status == 200 && faces_in(&answer) == expected) || status == 503;
+                        seen.push((status, t.elapsed().as_secs_f64() * 1e3, right));
+                    }
+                    seen
+                })
+            })
+            .collect();
+        let garbage_clients: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut seen = Vec::new();
+                    while Instant::now() < until {
+                        let (status, _) = post(b"certainly not an image", "image/jpeg");
+                        seen.push(status == 415 || status == 503);
+                    }
+                    seen
+                })
+            })
+            .collect();
+        let oversized = s.spawn(|| {
+            let mut seen = Vec::new();
+            while Instant::now() < until {
+                let answer = std::net::TcpStream::connect(addr).ok().and_then(|mut c| {
+                    c.write_all(b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 5000000\r\n\r\n").ok()?;
+                    c.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+                    let mut head = [0u8; 12];
+                    c.read_exact(&mut head).ok()?;
+                    Some(head)
+                });
+                seen.push(answer.is_some_and(|h| h.starts_with(b"HTTP/1.1 413")));
+            }
+            seen
+        });
+        let stalled = s.spawn(|| {
+            let mut open = Vec::new();
+            while Instant::now() < until {
+                if let Ok(mut c) = std::net::TcpStream::connect(addr) {
+                    let _ = c.write_all(b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 100000\r\n\r\nabc");
+                    open.push(c);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            open.len()
+        });
+        let photos: Vec<(u16, f64, bool)> = photo_clients.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect();
+        let garbage: Vec<bool> = garbage_clients.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect();
+        (photos, garbage, oversized.join().unwrap_or_default(), stalled.join().unwrap_or_default())
+    });
+    let wall = started.elapsed().as_secs_f64();
+    // The clients' sockets are closed here (the stalled ones, and the agent's kept-alive ones);
+    // the server's side of a stalled upload ends at its body timeout.
+    drop(agent);
+    std::thread::sleep(body_timeout + Duration::from_secs(2));
+    let answered: Vec<f64> = {
+        let mut v: Vec<f64> = photos.iter().filter(|p| p.0 == 200).map(|p| p.1).collect();
+        v.sort_by(f64::total_cmp);
+        v
+    };
+    let pick = |q: f64| answered.get(((answered.len().max(1) - 1) as f64 * q).round() as usize).copied().unwrap_or(f64::NAN);
+    let wrong = photos.iter().filter(|p| !p.2).count() + garbage.iter().filter(|&&r| !r).count() + oversized.iter().filter(|&&r| !r).count();
+    Ok(json!({
+        "impl": "fer", "mode": "serve-mixed", "seconds": wall, "photo": "640x480 JPEG, 11 faces", "workers": 1, "threads": tch::get_num_threads(),
+        "photos": photos.len(), "photos_answered": answered.len(), "photos_busy": photos.iter().filter(|p| p.0 == 503).count(),
+        "photos_per_s": answered.len() as f64 / wall, "p50_ms": pick(0.5), "p99_ms": pick(0.99),
+        "garbage": garbage.len(), "oversized": oversized.len(), "stalled_uploads": stalled, "wrong_answers": wrong,
+        "rss_mb_before": rss_before, "rss_mb_after": resident_mb(), "open_files_before": files_before, "open_files_after": open_files(),
+    }))
+}
+
 /// Runs one measurement and returns its JSON line.
 pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
     match args.mode.as_str() {
         "faces" => return faces(args),
         "serve" => return serve(args),
+        "serve-mixed" => return serve_mixed(args),
         _ => {}
     }
     tch::manual_seed(0);

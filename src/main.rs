@@ -265,7 +265,8 @@ enum Command {
     Bench {
         /// step, infer, epoch (the real images), data (decode, CSV, cache timings), matmul (peak), flops,
         /// faces (detection and classification of a one-megapixel photo), serve (a load run of
-        /// `fer serve` on loopback: --steps requests at 1, 4 and 16 clients)
+        /// `fer serve` on loopback: --steps requests at 1, 4 and 16 clients), serve-mixed (--steps
+        /// seconds of valid photos, garbage, oversized bodies and stalled uploads at once)
         mode: String,
         #[arg(long, default_value = "mobile")]
         model: String,

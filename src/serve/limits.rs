@@ -28,6 +28,9 @@ pub struct Connection {
     sending_body_since: AtomicU64,
     /// Its request is with the inference threads: never closed for another.
     waiting_on_inference: AtomicBool,
+    /// The admission permit its request holds: kept here so that a request displacing this
+    /// connection takes the very permit over, before a newer upload can.
+    permit: Mutex<Option<OwnedSemaphorePermit>>,
     closed: Notify,
 }
 
@@ -71,6 +74,7 @@ impl Limits {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             sending_body_since: AtomicU64::new(NOT_SENDING),
             waiting_on_inference: AtomicBool::new(false),
+            permit: Mutex::new(None),
             closed: Notify::new(),
         });
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
@@ -106,8 +110,9 @@ impl Limits {
 
     /// An admission permit for a request about to send its body (on `connection` when it
     /// came through the accept loop). When none is free, the oldest connection whose body has
-    /// been arriving for over [`STALLED`] is closed for this one; None when there is none.
-    pub async fn admit(&self, connection: Option<&Arc<Connection>>) -> Option<Admission> {
+    /// been arriving for over [`STALLED`] is closed and its permit handed to this request; None
+    /// when there is none.
+    pub fn admit(&self, connection: Option<&Arc<Connection>>) -> Option<Admission> {
         let permit = match self.permits.clone().try_acquire_owned() {
             Ok(p) => Some(p),
             Err(_) => {
@@ -122,27 +127,29 @@ impl Limits {
                         })
                         .cloned()
                 });
-                match victim {
-                    Some(v) => {
-                        v.sending_body_since.store(NOT_SENDING, Ordering::Release);
-                        v.closed.notify_one();
-                        // Its handler is dropped with its connection, and its permit with it.
-                        tokio::time::timeout(Duration::from_millis(500), self.permits.clone().acquire_owned()).await.ok().and_then(Result::ok)
-                    }
-                    None => None,
-                }
+                victim.and_then(|v| {
+                    v.sending_body_since.store(NOT_SENDING, Ordering::Release);
+                    v.closed.notify_one();
+                    v.permit.lock().unwrap_or_else(|e| e.into_inner()).take()
+                })
             }
         }?;
-        if let Some(c) = connection {
-            c.sending_body_since.store(self.now_ms(), Ordering::Release);
-        }
-        Some(Admission { _permit: permit, connection: connection.cloned() })
+        let own = match connection {
+            Some(c) => {
+                c.sending_body_since.store(self.now_ms(), Ordering::Release);
+                *c.permit.lock().unwrap_or_else(|e| e.into_inner()) = Some(permit);
+                None
+            }
+            None => Some(permit),
+        };
+        Some(Admission { own, connection: connection.cloned() })
     }
 }
 
-/// A request's admission: while it lives, the request holds one of the permits.
+/// A request's admission: while it lives, the request holds one of the permits (on its
+/// connection, where it has one).
 pub struct Admission {
-    _permit: OwnedSemaphorePermit,
+    own: Option<OwnedSemaphorePermit>,
     connection: Option<Arc<Connection>>,
 }
 
@@ -158,7 +165,10 @@ impl Admission {
 
 impl Drop for Admission {
     fn drop(&mut self) {
+        drop(self.own.take());
         if let Some(c) = &self.connection {
+            // Released here, unless a newer request took it over when it closed this one.
+            drop(c.permit.lock().unwrap_or_else(|e| e.into_inner()).take());
             c.sending_body_since.store(NOT_SENDING, Ordering::Release);
             c.waiting_on_inference.store(false, Ordering::Release);
         }
@@ -198,32 +208,31 @@ mod tests {
     }
 
     #[test]
-    fn a_request_without_a_permit_closes_the_oldest_stalled_upload() {
+    fn a_request_without_a_permit_takes_over_the_permit_of_the_oldest_stalled_upload() {
+        let mut limits = Limits::new(10, 1);
+        // A server up for a while: only then can an upload have been arriving that long.
+        limits.started = Instant::now().checked_sub(3 * STALLED).unwrap();
+        let slow = limits.open();
+        let held = limits.admit(Some(&slow)).expect("a free permit");
+        let fresh = limits.open();
+        // A body that has just begun is not stalled: no one is closed for the fresh request.
+        assert!(limits.admit(Some(&fresh)).is_none());
+        // Backdated to the server's start, it has been arriving for longer than STALLED: the
+        // fresh request takes its permit at once, and the slow one is told to close.
+        slow.sending_body_since.store(0, Ordering::Release);
+        let admitted = limits.admit(Some(&fresh)).expect("the slow upload's permit");
         let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
         runtime.block_on(async {
-            let mut limits = Limits::new(10, 1);
-            // A server up for a while: only then can an upload have been arriving that long.
-            limits.started = Instant::now().checked_sub(3 * STALLED).unwrap();
-            let slow = limits.open();
-            let held = limits.admit(Some(&slow)).await.expect("a free permit");
-            let fresh = limits.open();
-            // A body that has just begun is not stalled: no one is closed for the fresh request.
-            assert!(limits.admit(Some(&fresh)).await.is_none());
-            // Backdated to the server's start, it has been arriving for longer than STALLED.
-            slow.sending_body_since.store(0, Ordering::Release);
-            // The slow upload is closed; once its handler (and permit) is dropped, the fresh
-            // request gets the permit.
-            let admitting = limits.admit(Some(&fresh));
-            let release = async {
-                slow.closed_for_another().await;
-                drop(held);
-            };
-            let (admitted, ()) = tokio::join!(admitting, release);
-            let admitted = admitted.expect("the slow upload's permit");
-            // With the body in, it waits on inference: a third request finds no one to close.
-            admitted.body_received();
-            let third = limits.open();
-            assert!(limits.admit(Some(&third)).await.is_none());
+            tokio::time::timeout(Duration::from_secs(1), slow.closed_for_another()).await.expect("the slow upload is closed");
         });
+        // Its handler ends without giving back a permit it no longer has: still one in use.
+        drop(held);
+        assert_eq!(limits.permits.available_permits(), 0);
+        // With the body in, the request waits on inference: a third finds no one to displace.
+        admitted.body_received();
+        let third = limits.open();
+        assert!(limits.admit(Some(&third)).is_none());
+        drop(admitted);
+        assert_eq!(limits.permits.available_permits(), 1, "given back when the request ends");
     }
 }

@@ -386,7 +386,7 @@ async fn predict(
     // Admitted before the body is read: a full server keeps nothing more. The refused body is
     // read and dropped (within the body timeout), so that a client still sending it sees the 503.
     let busy = || ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("busy: {} requests are waiting; try again shortly", state.options.queue));
-    let Some(admission) = state.limits.admit(connection.as_ref().map(|Extension(c)| c)).await else {
+    let Some(admission) = state.limits.admit(connection.as_ref().map(|Extension(c)| c)) else {
         discard(body, limit, state.options.body_timeout).await;
         return Err(busy());
     };
