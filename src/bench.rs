@@ -75,11 +75,8 @@ fn resident_mb() -> f64 {
 /// per second, p50 / p99 latency, failures, and resident memory before and after.
 fn serve(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
     let body = load_photo()?;
-    let options = crate::serve::ServeOptions { model: crate::predict::default_model()?, queue: 64, ..Default::default() };
-    let runtime = tokio::runtime::Runtime::new()?;
-    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
-    let url = format!("http://{}/api/predict", listener.local_addr()?);
-    runtime.spawn(crate::serve::serve_on(listener, options, std::future::pending()));
+    let (_runtime, addr) = loopback_server(crate::serve::ServeOptions { model: crate::predict::default_model()?, queue: 64, ..Default::default() })?;
+    let url = format!("http://{addr}/api/predict");
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
     let post = |agent: &ureq::Agent| agent.post(&url).header("Content-Type", "image/jpeg").send(&body[..]).map(|r| r.status().as_u16()).unwrap_or(0);
     for _ in 0..args.warmup {
@@ -130,6 +127,16 @@ fn load_photo() -> anyhow::Result<Vec<u8>> {
     Ok(jpeg.into_inner())
 }
 
+/// `fer serve` with `options` on a free loopback port, on a runtime of its own (it serves
+/// until the runtime is dropped).
+fn loopback_server(options: crate::serve::ServeOptions) -> anyhow::Result<(tokio::runtime::Runtime, std::net::SocketAddr)> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let addr = listener.local_addr()?;
+    runtime.spawn(crate::serve::serve_on(listener, options, std::future::pending()));
+    Ok((runtime, addr))
+}
+
 /// Open file descriptors of this process (Linux).
 fn open_files() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
@@ -147,11 +154,8 @@ fn serve_mixed(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
     let body = load_photo()?;
     let body_timeout = Duration::from_secs(3);
     let options = crate::serve::ServeOptions { model: crate::predict::default_model()?, max_body: 2_000_000, body_timeout, ..Default::default() };
-    let runtime = tokio::runtime::Runtime::new()?;
-    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
-    let addr = listener.local_addr()?;
+    let (_runtime, addr) = loopback_server(options)?;
     let url = format!("http://{addr}/api/predict");
-    runtime.spawn(crate::serve::serve_on(listener, options, std::future::pending()));
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(30))).build().into();
     let post = |bytes: &[u8], kind: &str| -> (u16, String) {
         match agent.post(&url).header("Content-Type", kind).send(bytes) {

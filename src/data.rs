@@ -545,6 +545,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     write_durably(path, |tmp| std::fs::write(tmp, bytes))
 }
 
+/// Copies `from` over `to` durably (see [`write_durably`]).
+pub fn copy_durably(from: &Path, to: &Path) -> std::io::Result<()> {
+    write_durably(to, |tmp| std::fs::copy(from, tmp).map(drop))
+}
+
 /// Has `write` fill a temporary file beside `path`, then syncs it, renames it into place and
 /// syncs the folder: after a crash or a power cut, `path` holds the old content or the new,
 /// whole, and what names it (a run's `last.json`) never points at a file still in a cache.

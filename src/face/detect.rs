@@ -29,6 +29,19 @@ impl FaceBox {
     pub fn centre(&self) -> (f64, f64) {
         (self.x + self.w / 2.0, self.y + self.h / 2.0)
     }
+
+    /// Intersection over union with `other` (0 when they do not touch).
+    pub fn iou(&self, other: &FaceBox) -> f64 {
+        let iw = ((self.x + self.w).min(other.x + other.w) - self.x.max(other.x)).max(0.0);
+        let ih = ((self.y + self.h).min(other.y + other.h) - self.y.max(other.y)).max(0.0);
+        let inter = iw * ih;
+        let union = self.w * self.h + other.w * other.h - inter;
+        if union > 0.0 {
+            inter / union
+        } else {
+            0.0
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]

@@ -41,21 +41,9 @@ pub struct Tracker {
     tracks: Vec<Track>,
 }
 
-fn overlap(a: &FaceBox, b: &FaceBox) -> f64 {
-    let iw = ((a.x + a.w).min(b.x + b.w) - a.x.max(b.x)).max(0.0);
-    let ih = ((a.y + a.h).min(b.y + b.h) - a.y.max(b.y)).max(0.0);
-    let inter = iw * ih;
-    let union = a.w * a.h + b.w * b.h - inter;
-    if union > 0.0 {
-        inter / union
-    } else {
-        0.0
-    }
-}
-
 /// How alike two boxes are, for linking (higher is better), or None when they are not one face.
 fn likeness(a: &FaceBox, b: &FaceBox) -> Option<f64> {
-    let o = overlap(a, b);
+    let o = a.iou(b);
     if o >= MIN_OVERLAP {
         return Some(1.0 + o);
     }

@@ -79,10 +79,7 @@ impl Limits {
         });
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         if open.len() >= self.max_connections {
-            if let Some(i) = open.iter().position(|c| !c.waiting_on_inference.load(Ordering::Acquire)) {
-                let victim = open.remove(i).expect("a position in the queue");
-                victim.closed.notify_one();
-            }
+            close_oldest_idle(&mut open);
         }
         open.push_back(connection.clone());
         connection
@@ -94,10 +91,7 @@ impl Limits {
 
     /// Closes the oldest connection, for an accept that failed for want of file descriptors.
     pub fn close_oldest_idle(&self) {
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(i) = open.iter().position(|c| !c.waiting_on_inference.load(Ordering::Acquire)) {
-            open.remove(i).expect("a position in the queue").closed.notify_one();
-        }
+        close_oldest_idle(&mut self.open.lock().unwrap_or_else(|e| e.into_inner()));
     }
 
     pub fn open_connections(&self) -> usize {
@@ -143,6 +137,13 @@ impl Limits {
             None => Some(permit),
         };
         Some(Admission { own, connection: connection.cloned() })
+    }
+}
+
+/// Tells the oldest of `open` not waiting on inference to close, and forgets it.
+fn close_oldest_idle(open: &mut VecDeque<Arc<Connection>>) {
+    if let Some(i) = open.iter().position(|c| !c.waiting_on_inference.load(Ordering::Acquire)) {
+        open.remove(i).expect("a position in the queue").closed.notify_one();
     }
 }
 

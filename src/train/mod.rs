@@ -464,8 +464,7 @@ fn publish_best(dir: &Path, state: &RunState) -> anyhow::Result<()> {
         return Ok(()); // a run from before best weights were committed with the state
     }
     let from = dir.join(&state.best_weights);
-    crate::data::write_durably(&dir.join("best.safetensors"), |tmp| std::fs::copy(&from, tmp).map(drop))
-        .map_err(|e| anyhow::anyhow!("{}: {e}", from.display()))
+    crate::data::copy_durably(&from, &dir.join("best.safetensors")).map_err(|e| anyhow::anyhow!("{}: {e}", from.display()))
 }
 
 /// Checkpoints and best weights that `state` does not name: older ones, and those of an epoch
@@ -504,8 +503,9 @@ struct Choice {
 }
 
 /// Picks the weights on PublicTest (the best epoch's, or the weight average) and the blur. It is
-/// given Training and PublicTest only, so no choice can read PrivateTest.
-fn choose(config: &Config, training: &Faces, val_faces: &Faces, dir: &Path, state: &RunState, average: &WeightAverage, opts: &TrainOptions) -> anyhow::Result<Choice> {
+/// given PublicTest and, where the run kept a weight average, Training (for its batch-norm
+/// statistics) only, so no choice can read PrivateTest.
+fn choose(config: &Config, training: Option<&Faces>, val_faces: &Faces, dir: &Path, state: &RunState, average: &WeightAverage, opts: &TrainOptions) -> anyhow::Result<Choice> {
     let best = &state.history[state.best_epoch - 1];
     // (accuracy, loss) on PublicTest of the weights the scores use.
     let mut val = match (state.best_is_ema, best.ema_val_acc, best.ema_val_loss) {
@@ -515,9 +515,10 @@ fn choose(config: &Config, training: &Faces, val_faces: &Faces, dir: &Path, stat
     let best_val_acc = val.0;
     // The weight average, where the run kept one, takes the best epoch's place only if it does
     // better on PublicTest.
-    let average = match average.epochs {
-        0 => None,
-        epochs => {
+    let average = match training {
+        None => None,
+        Some(training) => {
+            let epochs = average.epochs;
             let mean = average.model(config, opts.device, training)?;
             let eval = mean.evaluate(val_faces);
             let score = AverageScore {
@@ -530,7 +531,7 @@ fn choose(config: &Config, training: &Faces, val_faces: &Faces, dir: &Path, stat
             };
             mean.save(&dir.join("averaged.safetensors"))?;
             if score.chosen {
-                crate::data::write_durably(&dir.join("best.safetensors"), |tmp| std::fs::copy(dir.join("averaged.safetensors"), tmp).map(drop))?;
+                crate::data::copy_durably(&dir.join("averaged.safetensors"), &dir.join("best.safetensors"))?;
                 val = (eval.accuracy, eval.loss);
             }
             if !opts.quiet {
@@ -575,7 +576,8 @@ fn finish(config: &Config, data: &Dataset, dir: &Path, state: &RunState, average
         return Ok(serde_json::from_slice(&bytes)?);
     }
     let val_faces = data.split(Split::PublicTest);
-    let Choice { model, val, average, blur_sweep } = choose(config, &data.split(Split::Training), &val_faces, dir, state, average, opts)?;
+    let training = (average.epochs > 0).then(|| data.split(Split::Training));
+    let Choice { model, val, average, blur_sweep } = choose(config, training.as_ref(), &val_faces, dir, state, average, opts)?;
     let config = &model.config;
     let test_faces = data.split(Split::PrivateTest);
     let test = model.evaluate(&test_faces);
