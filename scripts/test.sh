@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite: installs libtorch into .deps/ when missing, then runs cargo test.
+# The whole test suite: installs libtorch into .deps/ when missing, then runs cargo test, then
+# the Python package's tests (scripts/python.sh).
 # Tests that need the real data skip (with a message) where ../shared/data/fer2013 is absent.
 set -e
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
@@ -17,6 +18,11 @@ skipped="$FER_ROOT/target/tmp/skipped-tests.txt"
 rm -f "$skipped"
 status=0
 cargo test --release "$@" || status=$?
+# The Python package, from its built wheel in a fresh virtual environment (not when cargo test
+# was given a filter: that asks for some Rust tests only).
+if [ $# -eq 0 ]; then
+    "$FER_ROOT/scripts/python.sh" test || status=$?
+fi
 if [ -s "$skipped" ]; then
     echo "fer: $(wc -l < "$skipped") test(s) skipped their real work:" >&2
     sed 's/^/  /' "$skipped" >&2

@@ -45,9 +45,12 @@ fn faces(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
     let image = crate::media::read_image(&photo).map_err(|e| anyhow::anyhow!("{}: {e}", photo.display()))?;
     let group = image.crop_imm(0, 0, image.width(), 600);
     let close_up = image.crop_imm(580, 150, 400, 300).resize_exact(1155, 866, image::imageops::FilterType::CatmullRom);
-    let model = Trained::load(&crate::predict::default_model()?, Device::Cpu)?;
-    let pipeline = crate::face::Pipeline::new(model, Default::default())?;
-    let time = |image: &image::DynamicImage| {
+    let chosen = crate::models::choose(None)?;
+    // `fer`'s pipeline (the detector's networks in libtorch) and the inference core's own (all
+    // in tract, as the Python package runs it).
+    let torch = chosen.pipeline(Default::default())?;
+    let tract = crate::face::Pipeline::new(chosen.classifier()?, Default::default())?;
+    let time = |pipeline: &crate::face::Pipeline, image: &image::DynamicImage| {
         let (mut detect, mut classify, mut found) = (Vec::new(), Vec::new(), 0);
         for i in 0..args.warmup + args.steps {
             let a = pipeline.analyse(image, true);
@@ -60,7 +63,12 @@ fn faces(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
         let (d, c) = (median(detect), median(classify));
         json!({"megapixels": (image.width() * image.height()) as f64 / 1e6, "faces": found, "detect_ms": d, "classify_ms": c, "total_ms": d + c})
     };
-    Ok(json!({"impl": "fer", "mode": "faces", "group": time(&group), "close_up": time(&close_up), "threads": tch::get_num_threads()}))
+    Ok(json!({
+        "impl": "fer", "mode": "faces", "detector": "libtorch", "classifier": "tract",
+        "group": time(&torch, &group), "close_up": time(&torch, &close_up),
+        "tract": {"group": time(&tract, &group), "close_up": time(&tract, &close_up)},
+        "threads": rayon::current_num_threads(),
+    }))
 }
 
 /// Resident memory of this process in MB (Linux), for the load run's "memory stays flat".
@@ -75,7 +83,7 @@ fn resident_mb() -> f64 {
 /// per second, p50 / p99 latency, failures, and resident memory before and after.
 fn serve(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
     let body = load_photo()?;
-    let (_runtime, addr) = loopback_server(crate::serve::ServeOptions { model: crate::predict::default_model()?, queue: 64, ..Default::default() })?;
+    let (_runtime, addr) = loopback_server(crate::serve::ServeOptions { queue: 64, ..Default::default() })?;
     let url = format!("http://{addr}/api/predict");
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
     let post = |agent: &ureq::Agent| agent.post(&url).header("Content-Type", "image/jpeg").send(&body[..]).map(|r| r.status().as_u16()).unwrap_or(0);
@@ -153,7 +161,7 @@ fn serve_mixed(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
     use std::time::Duration;
     let body = load_photo()?;
     let body_timeout = Duration::from_secs(3);
-    let options = crate::serve::ServeOptions { model: crate::predict::default_model()?, max_body: 2_000_000, body_timeout, ..Default::default() };
+    let options = crate::serve::ServeOptions { max_body: 2_000_000, body_timeout, ..Default::default() };
     let (_runtime, addr) = loopback_server(options)?;
     let url = format!("http://{addr}/api/predict");
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(30))).build().into();

@@ -8,12 +8,9 @@ use std::fmt;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-pub const SIDE: usize = 48;
-pub const PIXELS: usize = SIDE * SIDE;
-pub const NUM_CLASSES: usize = 7;
-/// Class names in label order, as the image-folder release spells its folders.
-pub const CLASSES: [&str; NUM_CLASSES] =
-    ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"];
+/// The face size and the class names (in label order, as the image-folder release spells its
+/// folders) live in the inference core, below every layer.
+pub use fer_core::classes::{CLASSES, NUM_CLASSES, PIXELS, SIDE};
 
 /// The three `Usage` values of the CSV release: train, validation and test splits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

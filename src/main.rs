@@ -109,7 +109,8 @@ enum Command {
     },
     /// A JSON API and a web page (photo upload and webcam) on the face pipeline.
     Serve {
-        /// The model folder (default: the shipped tiny model).
+        /// A shipped model (tiny, nano, small, accurate), an ONNX file, a model folder or a
+        /// finished run (default: tiny).
         #[arg(long)]
         model: Option<PathBuf>,
         #[arg(long, default_value = "127.0.0.1")]
@@ -122,7 +123,7 @@ enum Command {
         /// Requests that may wait for a worker; more are answered 503.
         #[arg(long, default_value_t = 16)]
         queue: usize,
-        /// Inference threads (each holds its own copy of the model).
+        /// Inference threads (they share one pipeline).
         #[arg(long, default_value_t = 1)]
         workers: usize,
         /// Smallest face the detector searches for, in pixels.
@@ -206,6 +207,8 @@ enum Command {
         /// finished model: looking at it is for the end).
         #[arg(long, default_value = "PublicTest", requires = "random")]
         split: String,
+        /// A shipped model (tiny, nano, small, accurate), an ONNX file, a model folder or a
+        /// finished run (default: tiny).
         #[arg(long)]
         model: Option<PathBuf>,
         /// Each image is one face, already cropped: no detection (automatic for 48x48 grayscale).
@@ -223,6 +226,22 @@ enum Command {
         /// Same as --format csv.
         #[arg(long, conflicts_with_all = ["format", "json"])]
         csv: bool,
+        /// Write the JSON lines or CSV rows to this file instead of standard output (every
+        /// input gets at least one line: one without a face has `"face": null`).
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// Continue a run that stopped: skip the inputs --output already has (the last one is
+        /// done again, in case it was cut off).
+        #[arg(long, requires = "output")]
+        resume: bool,
+        /// Only part I of N of the inputs (input k when k % N == I), to split a collection
+        /// over machines: `I/N`, or `N` with I from SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX.
+        #[arg(long)]
+        shard: Option<String>,
+        /// Read more inputs from this file, one path per line (`-`: standard input), as the
+        /// work goes: for collections of any size.
+        #[arg(long)]
+        files_from: Option<PathBuf>,
         /// Write annotated copies here (images as PNG, videos as MP4, plus a summary plot per video).
         #[arg(long)]
         annotate: Option<PathBuf>,
@@ -296,6 +315,14 @@ enum Command {
 
 #[derive(Subcommand)]
 enum DetectCommand {
+    /// Write MTCNN's three networks as the ONNX files the inference core compiles in
+    /// (`pnet.onnx`, `rnet.onnx`, `onet.onnx`), from facenet-pytorch's converted weights.
+    Export {
+        #[arg(long, default_value = "models/detector/mtcnn.safetensors")]
+        weights: PathBuf,
+        #[arg(long, default_value = "models/detector")]
+        out: PathBuf,
+    },
     /// Measure where FER-2013's 48x48 frame lies around the detector's box (medians over many
     /// faces) and write it where `fer predict` reads it (compiled in: rebuild after).
     Calibrate {
@@ -368,6 +395,8 @@ fn main() {
 fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(n) = cli.threads {
         tch::set_num_threads(n);
+        // The inference core's parallel work (pyramid levels, crops, batches) runs on rayon.
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(n.max(1) as usize).build_global();
     }
     match cli.command {
         Command::Train { config, resume, fresh, runs, epochs, device: dev, record, teacher, seed } => {
@@ -426,7 +455,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(std::time::Duration::from_secs_f64(s))
             };
             let options = fer::serve::ServeOptions {
-                model: model.map_or_else(fer::predict::default_model, Ok)?,
+                model: model.unwrap_or_else(|| PathBuf::from(fer_core::models::DEFAULT)),
                 max_body: (max_body_mb * 1e6) as usize,
                 queue,
                 workers,
@@ -440,12 +469,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(fer::serve::serve(options, &host, port))?;
         }
+        Command::Detect { command: DetectCommand::Export { weights, out } } => {
+            let bytes = std::fs::read(&weights).map_err(|e| anyhow::anyhow!("{}: {e}", weights.display()))?;
+            for (file, onnx) in fer::nn::onnx::detector_onnx(&bytes)? {
+                fer::data::write_atomic(&out.join(file), &onnx)?;
+                println!("{}: {} bytes", out.join(file).display(), onnx.len());
+            }
+        }
         Command::Detect { command: DetectCommand::Calibrate { faces, split, out } } => {
             let split = Split::parse(&split).ok_or_else(|| anyhow::anyhow!("unknown split `{split}`"))?;
             let data = fer::data::load(&cli.data)?;
-            let detector = fer::face::detect::FaceDetector::new(Default::default())?;
+            let detector = fer::nn::mtcnn::detector(Default::default())?;
             let bar = fer::progress::bar(faces, "calibrating", false);
-            let framing = fer::face::frame::calibrate(&data, split, faces, &detector, &bar)?;
+            let framing = fer::calibrate::calibrate(&data, split, faces, &detector, &bar)?;
             bar.finish_and_clear();
             fer::data::write_atomic(&out, (serde_json::to_string_pretty(&framing)? + "\n").as_bytes())?;
             println!(
@@ -483,7 +519,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Eval { model, split, tta, png, json } => {
             let split = Split::parse(&split).ok_or_else(|| anyhow::anyhow!("unknown split `{split}`"))?;
-            let dirs = if model.is_empty() { vec![fer::predict::default_model()?] } else { model };
+            let dirs = if model.is_empty() { vec![fer::models::default_folder()?] } else { model };
             let mut models = Vec::new();
             for dir in &dirs {
                 let trained = Trained::load(dir, tch::Device::Cpu)?;
@@ -543,18 +579,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 print_onnx_check(&out, data.as_ref())?;
             }
         }
-        Command::Predict { inputs, random, split, model, no_detect, min_face, format, json, csv, annotate, every, every_seconds, smooth_seconds, out, seed } => {
-            let dir = model.map_or_else(fer::predict::default_model, Ok)?;
-            let trained = Trained::load(&dir, tch::Device::Cpu)?;
+        Command::Predict { inputs, random, split, model, no_detect, min_face, format, json, csv, output, resume, shard, files_from, annotate, every, every_seconds, smooth_seconds, out, seed } => {
+            let chosen = fer::models::choose(model.as_deref())?;
             if let Some(n) = random {
                 let split = Split::parse(&split).ok_or_else(|| anyhow::anyhow!("unknown split `{split}`"))?;
                 let data = fer::data::load(&cli.data)?;
-                let acc = fer::predict::random_grid(&trained, &data, split, n, seed, &out)?;
+                let acc = fer::predict::random_grid(&chosen.classifier()?, &data, split, n, seed, &out)?;
                 println!("{n} random {split} faces, {:.0}% right: {}", 100.0 * acc, out.display());
                 return Ok(());
             }
             let options = fer::face::detect::DetectorOptions { min_face, ..Default::default() };
-            let pipeline = fer::face::Pipeline::new(trained, options)?;
+            let pipeline = chosen.pipeline(options)?;
             let format = if json { fer::predict::Format::Json } else if csv { fer::predict::Format::Csv } else { format };
             let sampling = match every_seconds {
                 Some(t) if t > 0.0 => fer::media::Sampling::EverySeconds(t),
@@ -562,7 +597,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 None => fer::media::Sampling::EveryNth(every.max(1)),
             };
             anyhow::ensure!(smooth_seconds > 0.0 && smooth_seconds.is_finite(), "--smooth-seconds must be positive, not {smooth_seconds}");
-            let opts = fer::predict::PredictOptions { detect: !no_detect, format, annotate, sampling, half_life: smooth_seconds, quiet: false };
+            let shard = shard.map(|s| fer::predict::parse_shard(&s, |k| std::env::var(k).ok())).transpose().map_err(anyhow::Error::msg)?;
+            let opts = fer::predict::PredictOptions { detect: !no_detect, format, annotate, sampling, half_life: smooth_seconds, quiet: false, output, resume, shard, files_from };
             fer::predict::run(&pipeline, &inputs, &opts)?;
         }
         Command::Pipeline { baseline, baseline_record, retrain_baseline, speedrun, runs } => {

@@ -10,7 +10,6 @@ use std::time::Instant;
 
 use crate::config::Config;
 use crate::data::{Dataset, Split};
-use crate::nn::model::Trained;
 use crate::record::Summary;
 use crate::train::{train, TrainOptions};
 
@@ -149,8 +148,8 @@ pub fn run(opts: &PipelineOptions) -> anyhow::Result<PipelineRecord> {
 
     let grid = opts.runs.join("predictions.png");
     stage(&mut record, "predictions", "32 random PublicTest faces with the speedrun model's labels", "a second", || {
-        let trained = Trained::load(&speedrun_dir, tch::Device::Cpu)?;
-        let right = crate::predict::random_grid(&trained, &data, Split::PublicTest, 32, 0, &grid)?;
+        let classifier = crate::models::choose(Some(&speedrun_dir))?.classifier()?;
+        let right = crate::predict::random_grid(&classifier, &data, Split::PublicTest, 32, 0, &grid)?;
         println!("   {:.0}% of them right: {}", 100.0 * right, grid.display());
         Ok(())
     })?;

@@ -10,19 +10,9 @@ use std::time::{Duration, Instant};
 
 use crate::data::{Dataset, Faces, Split, CLASSES, NUM_CLASSES, PIXELS};
 use crate::face::track::{changes_per_second, Tracked, Tracker};
-use crate::face::{argmax, Analysis, FaceResult, Pipeline};
+use crate::face::{argmax, Analysis, FaceResult, Located, Pipeline};
 use crate::media::{self, Sampling};
 use crate::plot::{face_grid, Tile};
-use crate::nn::model::Trained;
-
-/// The model used when none is given: the shipped tiny model, else the baseline run.
-pub fn default_model() -> anyhow::Result<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    [root.join("models/tiny"), PathBuf::from("runs/baseline")]
-        .into_iter()
-        .find(|p| p.join("config.toml").is_file())
-        .ok_or_else(|| anyhow::anyhow!("no model found: pass --model <run or model folder> (e.g. runs/baseline after `fer train`)"))
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -43,7 +33,19 @@ pub struct PredictOptions {
     /// Videos: the half-life of each track's smoothing, in seconds.
     pub half_life: f64,
     pub quiet: bool,
+    /// Write JSON lines or CSV to this file instead of standard output.
+    pub output: Option<PathBuf>,
+    /// Skip the inputs `output` already has (a run that stopped continues).
+    pub resume: bool,
+    /// This machine's part of the inputs, (index, count): input k when k % count == index.
+    pub shard: Option<(usize, usize)>,
+    /// A file listing inputs, one path per line (`-`: standard input), read as the work goes.
+    pub files_from: Option<PathBuf>,
 }
+
+/// Inputs looked at together: their faces go through the classifier in one batch, and their
+/// decoding and detection run side by side.
+const CHUNK: usize = 64;
 
 /// Where one face was seen.
 struct Place<'a> {
@@ -148,9 +150,36 @@ impl Sink {
     }
 }
 
+impl Sink {
+    /// The line of an input without a face (JSON and CSV), so that every input finished has a
+    /// line and `--resume` knows it.
+    fn no_face(&mut self, out: &mut impl Write, file: &str) -> std::io::Result<()> {
+        let result = match self.format {
+            Format::Json => writeln!(out, "{}", serde_json::json!({ "file": file, "face": null })),
+            Format::Csv => {
+                if !self.header_written {
+                    writeln!(out, "{CSV_HEADER}")?;
+                    self.header_written = true;
+                }
+                let mut w = csv::Writer::from_writer(Vec::new());
+                let mut row = vec![file.to_string()];
+                row.extend(std::iter::repeat_n(String::new(), CSV_HEADER.split(',').count() - 1));
+                w.write_record(&row).map_err(std::io::Error::other)?;
+                out.write_all(&w.into_inner().map_err(|e| std::io::Error::other(e.to_string()))?)
+            }
+            Format::Table => Ok(()),
+        };
+        match result {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+            other => other,
+        }
+    }
+}
+
 /// Counts and time spent, for the closing line.
 #[derive(Default)]
 struct Tally {
+    inputs: usize,
     images: usize,
     frames: usize,
     faces: usize,
@@ -161,8 +190,11 @@ struct Tally {
     failed: Vec<(String, String)>,
 }
 
-/// An input as given: a path (file or folder) or `-` for standard input.
-fn expand(inputs: &[PathBuf]) -> Vec<Result<PathBuf, (String, String)>> {
+/// One input: a path (a file, or `-` for standard input), or why it cannot be one.
+type Item = Result<PathBuf, (String, String)>;
+
+/// The inputs as given: files, `-`, folders (searched, sorted).
+fn expand(inputs: &[PathBuf]) -> Vec<Item> {
     let mut out = Vec::new();
     for p in inputs {
         if p.as_os_str() == "-" || p.is_file() {
@@ -180,6 +212,25 @@ fn expand(inputs: &[PathBuf]) -> Vec<Result<PathBuf, (String, String)>> {
         }
     }
     out
+}
+
+/// The lines of a list of inputs, read as they are needed; blank lines are skipped.
+fn listed(list: &Path) -> anyhow::Result<Box<dyn Iterator<Item = Item>>> {
+    use std::io::BufRead;
+    let reader: Box<dyn BufRead> = if list.as_os_str() == "-" {
+        Box::new(std::io::BufReader::new(std::io::stdin()))
+    } else {
+        Box::new(std::io::BufReader::new(std::fs::File::open(list).map_err(|e| anyhow::anyhow!("{}: {e}", list.display()))?))
+    };
+    let name = list.display().to_string();
+    Ok(Box::new(reader.lines().filter_map(move |line| match line {
+        Ok(l) if l.trim().is_empty() => None,
+        Ok(l) => {
+            let p = PathBuf::from(l.trim_end_matches(['\r', '\n']));
+            Some(if p.is_file() { Ok(p) } else { Err((p.display().to_string(), "no such file".into())) })
+        }
+        Err(e) => Some(Err((name.clone(), format!("cannot read the list: {e}")))),
+    })))
 }
 
 /// The images and videos under `dir`, each folder once: a symbolic link back up the tree (a
@@ -204,49 +255,221 @@ fn walk_once(dir: &Path, found: &mut Vec<PathBuf>, seen: &mut std::collections::
     }
 }
 
+/// An input's name in the output and in messages.
+fn display_name(item: &Item) -> String {
+    match item {
+        Ok(p) if p.as_os_str() == "-" => "<stdin>".to_string(),
+        Ok(p) => p.display().to_string(),
+        Err((name, _)) => name.clone(),
+    }
+}
+
+/// Reads an output that a stopped run left, for `--resume`: the inputs it finished. The last
+/// input named may have been cut off mid-way (a video, a half-written line): its lines are cut
+/// from the file, so that it is done again, whole.
+fn resume_from(path: &Path, format: Format) -> anyhow::Result<std::collections::HashSet<String>> {
+    let mut done = std::collections::HashSet::new();
+    let Ok(bytes) = std::fs::read(path) else { return Ok(done) };
+    let (mut last, mut last_start, mut offset) = (None::<String>, 0usize, 0usize);
+    let mut keep = 0;
+    for line in bytes.split_inclusive(|&b| b == b'\n') {
+        let start = offset;
+        offset += line.len();
+        if !line.ends_with(b"\n") {
+            break; // cut off while it was written
+        }
+        let file = match format {
+            Format::Json => serde_json::from_slice::<serde_json::Value>(line).ok().and_then(|v| v["file"].as_str().map(String::from)),
+            Format::Csv if start == 0 => {
+                keep = offset; // the header
+                continue;
+            }
+            Format::Csv => csv::ReaderBuilder::new().has_headers(false).from_reader(line).records().next().and_then(|r| r.ok()).and_then(|r| r.get(0).map(String::from)),
+            Format::Table => anyhow::bail!("--resume needs --json or --csv output"),
+        };
+        let Some(file) = file else { anyhow::bail!("{}: line {} is not fer predict's output: cannot resume from it", path.display(), bytes[..start].iter().filter(|&&b| b == b'\n').count() + 1) };
+        if last.as_deref() != Some(&file) {
+            if let Some(previous) = last.replace(file) {
+                done.insert(previous);
+            }
+            last_start = start;
+        }
+        keep = offset;
+    }
+    // The last input is done again; so is a line cut off.
+    let cut = if last.is_some() { last_start } else { keep };
+    let file = std::fs::OpenOptions::new().write(true).open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    file.set_len(cut as u64)?;
+    Ok(done)
+}
+
 /// Labels every face of every input; returns an error saying how many inputs failed.
 pub fn run(pipeline: &Pipeline, inputs: &[PathBuf], opts: &PredictOptions) -> anyhow::Result<()> {
-    anyhow::ensure!(!inputs.is_empty(), "give image or video files, folders, or - for standard input (or --random N)");
+    anyhow::ensure!(!inputs.is_empty() || opts.files_from.is_some(), "give image or video files, folders, or - for standard input (or --files-from LIST, or --random N)");
+    anyhow::ensure!(!opts.resume || opts.output.is_some(), "--resume continues an --output file: give one");
     if let Some(dir) = &opts.annotate {
         std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
     }
-    let items = expand(inputs);
-    let stems = annotated_stems(&items);
-    let bar = crate::progress::bar(items.len(), "predict", opts.quiet || items.len() < 2);
+    let given = expand(inputs);
+    let known = opts.files_from.is_none().then_some(given.len());
+    let mut items: Box<dyn Iterator<Item = Item>> = Box::new(given.into_iter());
+    if let Some(list) = &opts.files_from {
+        items = Box::new(items.chain(listed(list)?));
+    }
+    if let Some((index, count)) = opts.shard {
+        anyhow::ensure!(count > 0 && index < count, "--shard {index}/{count}: the index runs from 0 to the count less one");
+        items = Box::new(items.enumerate().filter(move |(k, _)| k % count == index).map(|(_, item)| item));
+    }
     let mut sink = Sink { format: opts.format, header_written: false };
+    let mut out: Box<dyn Write> = match &opts.output {
+        Some(path) => {
+            anyhow::ensure!(opts.format != Format::Table, "--output writes JSON lines or CSV: add --json or --csv");
+            let done = if opts.resume { resume_from(path, opts.format)? } else { Default::default() };
+            if opts.resume && !done.is_empty() {
+                eprintln!("{}: {} inputs already done, going on with the rest", path.display(), done.len());
+            }
+            let file = std::fs::OpenOptions::new().create(true).append(opts.resume).write(true).truncate(!opts.resume).open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            sink.header_written = file.metadata().map(|m| m.len() > 0).unwrap_or(false);
+            items = Box::new(items.filter(move |item| !done.contains(&display_name(item))));
+            Box::new(std::io::BufWriter::new(file))
+        }
+        None => Box::new(std::io::BufWriter::new(std::io::stdout())),
+    };
+    let bar = match known {
+        Some(n) => crate::progress::bar(n, "predict", opts.quiet || n < 2),
+        None => crate::progress::counter("predict", opts.quiet),
+    };
+    let mut stems = Stems::default();
     let mut tally = Tally::default();
     let started = Instant::now();
-    let stdout = std::io::stdout();
-    for (item, stem) in items.iter().zip(&stems) {
-        let path = match item {
-            Ok(p) => p,
-            Err((name, why)) => {
-                bar.suspend(|| eprintln!("error: {name}: {why}"));
-                tally.failed.push((name.clone(), why.clone()));
+    let mut items = items.peekable();
+    while items.peek().is_some() {
+        // Photos go in chunks (one at a time when annotated: its image is kept for drawing);
+        // a video goes alone.
+        let mut chunk: Vec<(Item, String, String)> = Vec::new();
+        while let Some(item) = items.next_if(|item| chunk.is_empty() || (opts.annotate.is_none() && chunk.len() < CHUNK && !is_video(item))) {
+            // Names for annotated copies are kept only when there are copies.
+            let stem = if opts.annotate.is_some() { stems.next(&item) } else { String::new() };
+            let name = display_name(&item);
+            chunk.push((item, name, stem));
+            tally.inputs += 1;
+            if is_video(&chunk[0].0) {
+                break;
+            }
+        }
+        if let [(Ok(path), name, stem)] = &chunk[..] {
+            if is_video(&Ok(path.clone())) {
+                let result = bar.suspend(|| video(pipeline, path, stem, name, opts, &mut sink, &mut tally, &mut out));
+                if let Err(why) = result {
+                    bar.suspend(|| eprintln!("error: {name}: {why}"));
+                    tally.failed.push((name.clone(), why));
+                }
+                out.flush()?;
+                bar.inc(1);
                 continue;
             }
-        };
-        let name = if path.as_os_str() == "-" { "<stdin>".to_string() } else { path.display().to_string() };
-        let mut out = stdout.lock();
-        let result = bar.suspend(|| {
-            if media::has_extension(path, &media::VIDEO_EXTENSIONS) {
-                video(pipeline, path, stem, &name, opts, &mut sink, &mut tally, &mut out)
-            } else {
-                photo(pipeline, path, stem, &name, opts, &mut sink, &mut tally, &mut out)
-            }
-        });
-        if let Err(why) = result {
-            bar.suspend(|| eprintln!("error: {name}: {why}"));
-            tally.failed.push((name, why));
         }
-        bar.inc(1);
+        photos(pipeline, &chunk, opts, &mut sink, &mut tally, &mut out, &bar)?;
+        out.flush()?;
+        bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
     if !opts.quiet && tally.images + tally.frames > 0 {
         eprintln!("{}", tally.summary(started.elapsed()));
     }
     let n = tally.failed.len();
-    anyhow::ensure!(n == 0, "{n} of {} inputs failed: {}", items.len(), tally.failed.iter().map(|f| f.0.as_str()).collect::<Vec<_>>().join(", "));
+    let shown: Vec<&str> = tally.failed.iter().take(10).map(|f| f.0.as_str()).collect();
+    anyhow::ensure!(n == 0, "{n} of {} inputs failed: {}{}", tally.inputs, shown.join(", "), if n > shown.len() { ", ..." } else { "" });
+    Ok(())
+}
+
+/// `--shard`: `I/N` (part I of N, from 0), or `N` alone with the index from the scheduler's
+/// environment: a Slurm array task (`SLURM_ARRAY_TASK_ID`, counted from `SLURM_ARRAY_TASK_MIN`)
+/// or a Kubernetes indexed job (`JOB_COMPLETION_INDEX`).
+pub fn parse_shard(spec: &str, env: impl Fn(&str) -> Option<String>) -> Result<(usize, usize), String> {
+    let number = |s: &str, what: &str| s.trim().parse::<usize>().map_err(|_| format!("--shard {spec}: {what} `{s}` is not a whole number"));
+    let (index, count) = match spec.split_once('/') {
+        Some((i, n)) => (number(i, "the index")?, number(n, "the count")?),
+        None => {
+            let count = number(spec, "the count")?;
+            let index = if let Some(id) = env("SLURM_ARRAY_TASK_ID") {
+                let min = env("SLURM_ARRAY_TASK_MIN").map_or(Ok(0), |m| number(&m, "SLURM_ARRAY_TASK_MIN"))?;
+                number(&id, "SLURM_ARRAY_TASK_ID")?.checked_sub(min).ok_or_else(|| format!("SLURM_ARRAY_TASK_ID {id} is under SLURM_ARRAY_TASK_MIN {min}"))?
+            } else if let Some(i) = env("JOB_COMPLETION_INDEX") {
+                number(&i, "JOB_COMPLETION_INDEX")?
+            } else {
+                return Err(format!("--shard {spec}: give the index too (--shard I/{spec}), or run as a Slurm array task or a Kubernetes indexed job"));
+            };
+            (index, count)
+        }
+    };
+    if count == 0 || index >= count {
+        return Err(format!("--shard {index}/{count}: the index runs from 0 to {}", count.saturating_sub(1)));
+    }
+    Ok((index, count))
+}
+
+fn is_video(item: &Item) -> bool {
+    item.as_ref().is_ok_and(|p| media::has_extension(p, &media::VIDEO_EXTENSIONS))
+}
+
+/// A chunk of photos: read, decoded and searched side by side, their faces classified in one
+/// batch, then written in order.
+fn photos(pipeline: &Pipeline, chunk: &[(Item, String, String)], opts: &PredictOptions, sink: &mut Sink, tally: &mut Tally, out: &mut impl Write, bar: &indicatif::ProgressBar) -> anyhow::Result<()> {
+    use rayon::prelude::*;
+    let keep_image = opts.annotate.is_some();
+    let found: Vec<Result<(Located, Option<DynamicImage>, Duration), String>> = chunk
+        .par_iter()
+        .map(|(item, _, _)| {
+            let path = item.as_ref().map_err(|(_, why)| why.clone())?;
+            let t = Instant::now();
+            let bytes = if path.as_os_str() == "-" { media::read_stdin()? } else { std::fs::read(path).map_err(|e| format!("cannot read: {e}"))? };
+            let image = media::decode_image(&bytes).map_err(|e| e.to_string())?;
+            let decoded = t.elapsed();
+            let located = pipeline.locate(&image, opts.detect);
+            Ok((located, keep_image.then_some(image), decoded))
+        })
+        .collect();
+    let (mut located, mut images, mut errors) = (Vec::new(), Vec::new(), Vec::new());
+    for f in found {
+        match f {
+            Ok((l, image, decoded)) => {
+                tally.decode += decoded;
+                located.push(l);
+                images.push(image);
+                errors.push(None);
+            }
+            Err(why) => errors.push(Some(why)),
+        }
+    }
+    let mut analyses = pipeline.classify(located).into_iter().zip(images);
+    for ((_, name, stem), error) in chunk.iter().zip(errors) {
+        if let Some(why) = error {
+            bar.suspend(|| eprintln!("error: {name}: {why}"));
+            tally.failed.push((name.clone(), why));
+            continue;
+        }
+        let (analysis, image) = analyses.next().expect("one analysis per decoded photo");
+        tally.count(&analysis);
+        tally.images += 1;
+        if analysis.faces.is_empty() {
+            tally.no_face += 1;
+            bar.suspend(|| eprintln!("{name}: no face found"));
+            sink.no_face(out, name)?;
+        }
+        for (i, r) in analysis.faces.iter().enumerate() {
+            sink.face(out, &Place { file: name, frame: None, face: i, track: None }, r)?;
+        }
+        if let (Some(dir), Some(image)) = (&opts.annotate, image) {
+            let mut rgb = image.to_rgb8();
+            let captions: Vec<String> = analysis.faces.iter().enumerate().map(|(i, f)| format!("{i} {}", f.label)).collect();
+            crate::plot::annotate(&mut rgb, &analysis.faces, &captions)?;
+            let dest = dir.join(annotated_name(stem, "png"));
+            if let Err(e) = rgb.save(&dest) {
+                tally.failed.push((name.clone(), format!("writing {}: {e}", dest.display())));
+            }
+        }
+    }
     Ok(())
 }
 
@@ -284,32 +507,6 @@ impl Tally {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn photo(pipeline: &Pipeline, path: &Path, stem: &str, name: &str, opts: &PredictOptions, sink: &mut Sink, tally: &mut Tally, out: &mut impl Write) -> Result<(), String> {
-    let t = Instant::now();
-    let bytes = if path.as_os_str() == "-" { media::read_stdin()? } else { std::fs::read(path).map_err(|e| format!("cannot read: {e}"))? };
-    let image = media::decode_image(&bytes).map_err(|e| e.to_string())?;
-    tally.decode += t.elapsed();
-    let analysis = pipeline.analyse(&image, opts.detect);
-    tally.count(&analysis);
-    tally.images += 1;
-    if analysis.faces.is_empty() {
-        tally.no_face += 1;
-        eprintln!("{name}: no face found");
-    }
-    for (i, r) in analysis.faces.iter().enumerate() {
-        sink.face(out, &Place { file: name, frame: None, face: i, track: None }, r).map_err(|e| e.to_string())?;
-    }
-    if let Some(dir) = &opts.annotate {
-        let mut rgb = image.to_rgb8();
-        let captions: Vec<String> = analysis.faces.iter().enumerate().map(|(i, f)| format!("{i} {}", f.label)).collect();
-        crate::plot::annotate(&mut rgb, &analysis.faces, &captions).map_err(|e| e.to_string())?;
-        let dest = dir.join(annotated_name(stem, "png"));
-        rgb.save(&dest).map_err(|e| format!("writing {}: {e}", dest.display()))?;
-    }
-    Ok(())
-}
-
 /// The annotated copy's file name for an input named `stem`, with `extension`.
 fn annotated_name(stem: &str, extension: &str) -> String {
     format!("{stem}.annotated.{extension}")
@@ -317,21 +514,22 @@ fn annotated_name(stem: &str, extension: &str) -> String {
 
 /// Each input's name in `--annotate`'s folder: its file's stem, and where two inputs share one
 /// (`a/x.jpg`, `b/x.png`) the later ones numbered (`x-2`), so no copy overwrites another.
-fn annotated_stems(items: &[Result<PathBuf, (String, String)>]) -> Vec<String> {
-    let mut used = std::collections::HashSet::<String>::new();
-    items
-        .iter()
-        .map(|item| {
-            let stem = match item {
-                Ok(p) if p.as_os_str() != "-" => p.file_stem().map_or("stdin".into(), |s| s.to_string_lossy().into_owned()),
-                _ => "stdin".to_string(),
-            };
-            // Case-insensitively: some file systems would still put two copies in one file.
-            let name = (1..).map(|n| if n == 1 { stem.clone() } else { format!("{stem}-{n}") }).find(|s| !used.contains(&s.to_lowercase())).expect("a free name");
-            used.insert(name.to_lowercase());
-            name
-        })
-        .collect()
+#[derive(Default)]
+struct Stems {
+    used: std::collections::HashSet<String>,
+}
+
+impl Stems {
+    fn next(&mut self, item: &Item) -> String {
+        let stem = match item {
+            Ok(p) if p.as_os_str() != "-" => p.file_stem().map_or("stdin".into(), |s| s.to_string_lossy().into_owned()),
+            _ => "stdin".to_string(),
+        };
+        // Case-insensitively: some file systems would still put two copies in one file.
+        let name = (1..).map(|n| if n == 1 { stem.clone() } else { format!("{stem}-{n}") }).find(|s| !self.used.contains(&s.to_lowercase())).expect("a free name");
+        self.used.insert(name.to_lowercase());
+        name
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -382,6 +580,9 @@ fn video(pipeline: &Pipeline, path: &Path, stem: &str, name: &str, opts: &Predic
     frames.finish()?;
     if seen.is_empty() {
         return Err("ffmpeg gave no frames".into());
+    }
+    if seen.iter().all(|(_, faces)| faces.is_empty()) {
+        sink.no_face(out, name).map_err(|e| e.to_string())?;
     }
     if let Some(w) = writer {
         w.finish()?;
@@ -441,7 +642,7 @@ fn flicker(seen: &[(f64, Vec<(Tracked, [f32; NUM_CLASSES])>)]) -> (f64, f64) {
 }
 
 /// A grid of `n` random faces of `split`: true label, predicted label and its probability.
-pub fn random_grid(model: &Trained, data: &Dataset, split: Split, n: usize, seed: u64, out: &Path) -> anyhow::Result<f64> {
+pub fn random_grid(model: &fer_core::Classifier, data: &Dataset, split: Split, n: usize, seed: u64, out: &Path) -> anyhow::Result<f64> {
     let all = data.indices(split);
     anyhow::ensure!(!all.is_empty(), "no {split} faces");
     let mut rng = fastrand::Rng::with_seed(seed);
@@ -451,7 +652,7 @@ pub fn random_grid(model: &Trained, data: &Dataset, split: Split, n: usize, seed
         faces.pixels.extend_from_slice(data.image(i));
         faces.labels.push(data.labels[i]);
     }
-    let probs = model.probabilities(&faces);
+    let probs = model.probabilities(&faces.pixels);
     let mut right = 0;
     let tiles: Vec<Tile> = probs
         .iter()
@@ -469,4 +670,49 @@ pub fn random_grid(model: &Trained, data: &Dataset, split: Split, n: usize, seed
     let title = format!("{} random {split} faces: {right} of {} right (green right, red wrong)", tiles.len(), tiles.len());
     face_grid(out, &title, &tiles, 8)?;
     Ok(right as f64 / tiles.len() as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_come_from_the_flag_or_the_schedulers_environment() {
+        let none = |_: &str| None;
+        assert_eq!(parse_shard("2/5", none), Ok((2, 5)));
+        assert!(parse_shard("5/5", none).unwrap_err().contains("from 0 to 4"));
+        assert!(parse_shard("1/0", none).is_err());
+        assert!(parse_shard("x/4", none).unwrap_err().contains("`x` is not a whole number"));
+        assert!(parse_shard("4", none).unwrap_err().contains("Slurm array task"));
+        let slurm = |k: &str| match k {
+            "SLURM_ARRAY_TASK_ID" => Some("7".to_string()),
+            "SLURM_ARRAY_TASK_MIN" => Some("5".to_string()),
+            _ => None,
+        };
+        assert_eq!(parse_shard("4", slurm), Ok((2, 4)));
+        let k8s = |k: &str| (k == "JOB_COMPLETION_INDEX").then(|| "3".to_string());
+        assert_eq!(parse_shard("4", k8s), Ok((3, 4)));
+        assert!(parse_shard("3", k8s).is_err(), "index 3 of 3");
+    }
+
+    #[test]
+    fn resuming_keeps_finished_inputs_and_cuts_the_last_one_and_any_half_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        let a = r#"{"file":"a.jpg","face":0}"#;
+        let b0 = r#"{"file":"b.mp4","face":0,"frame":0}"#;
+        let b1 = r#"{"file":"b.mp4","face":0,"frame":10}"#;
+        std::fs::write(&path, format!("{a}\n{a}\n{b0}\n{b1}\n{{\"file\":\"c.j")).unwrap();
+        let done = resume_from(&path, Format::Json).unwrap();
+        assert_eq!(done, ["a.jpg".to_string()].into_iter().collect());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), format!("{a}\n{a}\n"), "b.mp4 may be incomplete: done again");
+        // A CSV's header stays; a file that is not fer's output is refused.
+        let csv = dir.path().join("out.csv");
+        std::fs::write(&csv, format!("{CSV_HEADER}\nx.png,,,0\ny.png,,,0\n")).unwrap();
+        assert_eq!(resume_from(&csv, Format::Csv).unwrap().len(), 1);
+        assert_eq!(std::fs::read_to_string(&csv).unwrap(), format!("{CSV_HEADER}\nx.png,,,0\n"));
+        std::fs::write(&path, "hello\n").unwrap();
+        assert!(resume_from(&path, Format::Json).unwrap_err().to_string().contains("line 1 is not fer predict's output"));
+        assert!(resume_from(&dir.path().join("missing"), Format::Json).unwrap().is_empty());
+    }
 }

@@ -15,6 +15,17 @@ pub fn bar(len: usize, prefix: &str, quiet: bool) -> indicatif::ProgressBar {
     bar
 }
 
+/// A counter on stderr for work of unknown length (inputs read from a list as they come).
+pub fn counter(prefix: &str, quiet: bool) -> indicatif::ProgressBar {
+    if quiet {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(indicatif::ProgressStyle::with_template("{prefix} {pos} done ({per_sec}) {msg}").unwrap());
+    bar.set_prefix(prefix.to_string());
+    bar
+}
+
 /// A duration as people say it: `42 s`, `12.3 minutes`, `1 h 05 min`.
 pub fn duration_in_words(seconds: f64) -> String {
     match seconds {

@@ -195,7 +195,7 @@ fn shipped_models_reproduce_their_cards() {
         checked.push(name);
     }
     assert!(checked.contains(&"tiny".to_string()) && checked.contains(&"accurate".to_string()), "checked {checked:?}");
-    assert_eq!(fer::predict::default_model().unwrap(), root.join("tiny"), "the tiny model is the default");
+    assert_eq!(fer::models::default_folder().unwrap(), root.join("tiny"), "the tiny model is the default");
 }
 
 /// Faces to check ONNX files on: 200 real PublicTest faces where the data is present.
@@ -215,7 +215,7 @@ fn check_faces() -> fer::data::Faces {
 /// tract's logits and probabilities for `faces`, run `batch` faces at a time through one loaded
 /// model.
 fn tract_outputs(onnx: &[u8], faces: &fer::data::Faces, batch: usize) -> (Vec<f32>, Vec<f32>) {
-    let model = fer::nn::onnx::TractModel::load(onnx).unwrap();
+    let model = fer_core::Classifier::from_onnx(onnx).unwrap();
     let (mut logits, mut probs) = (Vec::new(), Vec::new());
     for chunk in faces.pixels.chunks(batch * 48 * 48) {
         let (l, p) = model.run(chunk).unwrap();

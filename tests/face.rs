@@ -91,8 +91,12 @@ fn predict_labels_every_face_and_names_every_bad_input() {
     assert!(err.contains("sky.png: no face found"), "{err}");
     assert!(err.contains("7 of 10 inputs failed"), "{err}");
 
-    // One JSON line per face, with the documented fields; the good files were all processed.
-    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    // One JSON line per face, with the documented fields; the good files were all processed; a
+    // photo without a face has one line that says so.
+    let mut lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let faceless: Vec<serde_json::Value> = lines.iter().filter(|l| l["face"].is_null()).cloned().collect();
+    assert_eq!(faceless, [serde_json::json!({ "file": photos.join("sky.png").strip_prefix(d).unwrap().to_str().unwrap(), "face": null })]);
+    lines.retain(|l| !l["face"].is_null());
     let in_file = |name: &str| lines.iter().filter(|l| l["file"].as_str().unwrap().ends_with(name)).count();
     assert_eq!(in_file("solvay.jpg"), 29, "{out}");
     assert!(in_file("front-row.webp") >= 3, "{out}");
@@ -186,12 +190,45 @@ fn predict_samples_a_video_and_annotates_it() {
     assert!(image::open(d.join("out/group.annotated.summary.png")).is_ok());
 }
 
+/// Both detectors, the inference core's (its networks in tract, as the Python package runs it)
+/// and `fer`'s (the same search, its networks in libtorch), against what the libtorch detector
+/// found in the fixture photo before the core existed, at three smallest-face sizes
+/// (`tests/fixtures/detections-libtorch.json`): the same faces, every box within 1 px, the same
+/// labels from the tiny model.
+#[test]
+fn both_detectors_find_what_the_libtorch_one_did_before_the_move() {
+    let recorded: serde_json::Value = serde_json::from_slice(&std::fs::read(fixture("detections-libtorch.json")).unwrap()).unwrap();
+    let photo = image::open(fixture("solvay-1927.jpg")).unwrap();
+    let chosen = fer::models::choose(None).unwrap();
+    for case in recorded["cases"].as_array().unwrap() {
+        let min_face = case["min_face"].as_f64().unwrap();
+        let options = DetectorOptions { min_face, ..Default::default() };
+        let pipelines = [("libtorch", chosen.pipeline(options).unwrap()), ("tract", fer::face::Pipeline::new(chosen.classifier().unwrap(), options).unwrap())];
+        for (runtime, pipeline) in &pipelines {
+            let got = pipeline.analyse(&photo, true).faces;
+            let expected = case["faces"].as_array().unwrap();
+            assert_eq!(got.len(), expected.len(), "{runtime}, min_face {min_face}: faces found");
+            let mut worst = 0f64;
+            for e in expected {
+                let b = &e["box"];
+                let (x, y, w, h) = (b["x"].as_f64().unwrap(), b["y"].as_f64().unwrap(), b["w"].as_f64().unwrap(), b["h"].as_f64().unwrap());
+                let distance = |f: &&fer::face::FaceResult| (f.bbox.x - x).abs() + (f.bbox.y - y).abs();
+                let nearest = got.iter().min_by(|p, q| distance(p).total_cmp(&distance(q))).unwrap();
+                let off = [(nearest.bbox.x - x).abs(), (nearest.bbox.y - y).abs(), (nearest.bbox.w - w).abs(), (nearest.bbox.h - h).abs()].into_iter().fold(0f64, f64::max);
+                worst = worst.max(off);
+                assert!(off <= 1.0, "{runtime}, min_face {min_face}: a box moved by {off:.2} px: {:?} against {b}", nearest.bbox);
+                assert_eq!(nearest.label, e["label"].as_str().unwrap(), "{runtime}, min_face {min_face}: the face at {b}");
+            }
+            eprintln!("{runtime}, min_face {min_face}: {} faces, boxes within {worst:.4} px of the record", got.len());
+        }
+    }
+}
+
 #[test]
 fn calibrated_framing_gives_back_the_faces_the_model_knows() {
     let Some(path) = common::real_data() else { return };
     let data = fer::data::load(&path).unwrap();
-    let model = fer::nn::model::Trained::load(&fer::predict::default_model().unwrap(), tch::Device::Cpu).unwrap();
-    let mut pipeline = fer::face::Pipeline::new(model, DetectorOptions::default()).unwrap();
+    let mut pipeline = fer::models::choose(None).unwrap().pipeline(DetectorOptions::default()).unwrap();
     // 300 PublicTest faces, each enlarged 3x with room around it, as a face in a photo would be.
     let picks: Vec<usize> = data.indices(fer::data::Split::PublicTest).into_iter().step_by(12).take(300).collect();
     let mut direct = fer::data::Faces::default();
@@ -199,7 +236,7 @@ fn calibrated_framing_gives_back_the_faces_the_model_knows() {
         direct.pixels.extend_from_slice(data.image(i));
         direct.labels.push(data.labels[i]);
     }
-    let direct: Vec<usize> = pipeline.model.probabilities(&direct).iter().map(fer::face::argmax).collect();
+    let direct: Vec<usize> = pipeline.classifier.probabilities(&direct.pixels).iter().map(fer::face::argmax).collect();
     let mut agreement = |framing: fer::face::frame::Framing| -> (usize, usize) {
         pipeline.framing = framing;
         let (mut found, mut same) = (0, 0);
@@ -233,8 +270,7 @@ fn calibrated_framing_gives_back_the_faces_the_model_knows() {
 #[test]
 fn large_photos_are_searched_smaller_and_answered_in_their_own_pixels() {
     let photo = image::open(fixture("solvay-1927.jpg")).unwrap();
-    let model = fer::nn::model::Trained::load(&fer::predict::default_model().unwrap(), tch::Device::Cpu).unwrap();
-    let pipeline = fer::face::Pipeline::new(model, DetectorOptions::default()).unwrap();
+    let pipeline = fer::models::choose(None).unwrap().pipeline(DetectorOptions::default()).unwrap();
     let small: Vec<(f64, f64)> = pipeline.analyse(&photo, true).faces.iter().map(|f| f.bbox.centre()).collect();
     // Twice the size: 7.6 megapixels, searched at 4.
     let big = photo.resize_exact(3332, 2272, image::imageops::FilterType::Triangle);
@@ -257,7 +293,7 @@ fn calibrating_on_no_faces_is_an_error_not_a_panic() {
     let detector = FaceDetector::new(DetectorOptions::default()).unwrap();
     let data = common::synthetic([4, 2, 2], 3);
     let bar = indicatif::ProgressBar::hidden();
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fer::face::frame::calibrate(&data, fer::data::Split::PublicTest, 0, &detector, &bar).map(|_| ())));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fer::calibrate::calibrate(&data, fer::data::Split::PublicTest, 0, &detector, &bar).map(|_| ())));
     assert!(matches!(&result, Ok(Err(e)) if e.to_string().contains("--faces")), "{:?}", result.as_ref().map(|r| r.as_ref().map_err(|e| e.to_string())));
 }
 
@@ -328,4 +364,86 @@ fn folders_are_walked_once_through_symlink_loops_and_annotated_copies_never_coll
     let mut copies: Vec<String> = std::fs::read_dir(d.join("out")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     copies.sort();
     assert_eq!(copies, ["X-2.annotated.png", "x-3.annotated.png", "x.annotated.png"], "three inputs, three copies");
+}
+
+#[test]
+fn the_detectors_onnx_files_are_what_fer_detect_export_writes() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/detector");
+    let weights = std::fs::read(dir.join("mtcnn.safetensors")).unwrap();
+    let files = fer::nn::onnx::detector_onnx(&weights).unwrap();
+    assert_eq!(files.iter().map(|f| f.0).collect::<Vec<_>>(), ["pnet.onnx", "rnet.onnx", "onet.onnx"]);
+    for (file, bytes) in files {
+        assert!(std::fs::read(dir.join(file)).unwrap() == bytes, "models/detector/{file} is stale: run `fer detect export`");
+    }
+}
+
+/// The inference core is what the Python package and any program that only uses a model link:
+/// libtorch must stay out of it.
+#[test]
+fn the_inference_core_does_not_depend_on_libtorch() {
+    let out = std::process::Command::new(env!("CARGO"))
+        .args(["tree", "--offline", "-p", "fer-core", "-e", "normal", "--prefix", "none", "--manifest-path"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "cargo tree: {}", String::from_utf8_lossy(&out.stderr));
+    let tree = String::from_utf8_lossy(&out.stdout);
+    assert!(tree.lines().any(|l| l.starts_with("tract-onnx ")), "the core runs its networks in tract:\n{tree}");
+    let torch: Vec<&str> = tree.lines().filter(|l| l.starts_with("tch ") || l.starts_with("torch-sys ")).collect();
+    assert!(torch.is_empty(), "fer-core depends on {torch:?}");
+}
+
+/// `fer predict` over a list of files: read as it goes, every input given at least one line,
+/// continued where it stopped with --resume (the same lines as one uninterrupted run), and split
+/// into shards that cover the list exactly once.
+#[test]
+fn predict_streams_a_list_resumes_where_it_stopped_and_splits_into_shards() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut names = Vec::new();
+    for i in 0..9u32 {
+        let name = format!("p{i}.png");
+        if i % 3 == 0 {
+            image::RgbImage::from_pixel(120, 90, image::Rgb([30 * i as u8, 90, 160])).save(d.join(&name)).unwrap();
+        } else {
+            solvay_crop(&d.join(&name), 60 * i, 200, 320, 240);
+        }
+        names.push(name);
+    }
+    std::fs::write(d.join("list.txt"), names.join("\n") + "\n\n").unwrap();
+    let o = fer(d, &["predict", "--json", "--files-from", "list.txt", "--output", "all.jsonl"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(o.stdout.is_empty(), "the lines go to the file");
+    let all = std::fs::read_to_string(d.join("all.jsonl")).unwrap();
+    let files = |text: &str| -> Vec<String> {
+        let mut f: Vec<String> = text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["file"].as_str().unwrap().to_string()).collect();
+        f.dedup();
+        f
+    };
+    assert_eq!(files(&all), names, "every input, in order, at least one line each");
+    assert_eq!(all.lines().filter(|l| l.contains(r#""face":null"#)).count(), 3, "the three blank pictures");
+
+    // Stopped after a few inputs, mid-line: resumed, the file is what one run writes.
+    let lines: Vec<&str> = all.lines().collect();
+    let cut = lines.iter().position(|l| l.contains("p4.png")).unwrap();
+    std::fs::write(d.join("all.jsonl"), lines[..cut].join("\n") + "\n" + &lines[cut][..20]).unwrap();
+    let o = fer(d, &["predict", "--json", "--files-from", "list.txt", "--output", "all.jsonl", "--resume"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("inputs already done"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read_to_string(d.join("all.jsonl")).unwrap(), all);
+
+    // Three shards: each input in exactly one, with the same lines as the whole run.
+    let mut shards = Vec::new();
+    for i in 0..3 {
+        let out = format!("shard{i}.jsonl");
+        let o = fer(d, &["predict", "--json", "--files-from", "list.txt", "--output", &out, "--shard", &format!("{i}/3")]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        shards.extend(std::fs::read_to_string(d.join(&out)).unwrap().lines().map(String::from));
+    }
+    let mut whole: Vec<String> = all.lines().map(String::from).collect();
+    whole.sort();
+    shards.sort();
+    assert_eq!(shards, whole);
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_fer")).current_dir(d).env("JOB_COMPLETION_INDEX", "1").args(["predict", "--json", "--files-from", "list.txt", "--shard", "3"]).output().unwrap();
+    assert_eq!(files(&String::from_utf8_lossy(&o.stdout)), ["p1.png", "p4.png", "p7.png"], "the index from a Kubernetes indexed job");
 }

@@ -58,7 +58,7 @@ fn the_api_answers_photos_forms_and_cropped_faces() {
     let (status, card) = get(&format!("{base}/api/model"));
     assert_eq!(status, 200);
     // The default model's own card, with values (a key present but null would not do).
-    let shipped: serde_json::Value = serde_json::from_slice(&std::fs::read(fer::predict::default_model().unwrap().join("card.json")).unwrap()).unwrap();
+    let shipped: serde_json::Value = serde_json::from_slice(&std::fs::read(fer::models::default_folder().unwrap().join("card.json")).unwrap()).unwrap();
     for key in ["name", "fvcore_flops", "test_acc", "test_acc_unseen"] {
         assert!(!card[key].is_null() && card[key] == shipped[key], "{key}: {} against the card's {}", card[key], shipped[key]);
     }
@@ -287,7 +287,7 @@ fn a_worker_that_panics_answers_500_and_goes_on() {
 fn wrong_methods_bad_queries_and_missing_keys_are_json_errors() {
     let _alone = alone();
     let (base, _stop) = common::start_server_with(fer::serve::ServeOptions {
-        model: fer::predict::default_model().unwrap(),
+        model: fer::models::default_folder().unwrap(),
         api_key: Some("sesame".into()),
         ..Default::default()
     });

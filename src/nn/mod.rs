@@ -7,4 +7,5 @@ pub mod blur;
 pub mod export;
 pub mod flops;
 pub mod model;
+pub mod mtcnn;
 pub mod onnx;

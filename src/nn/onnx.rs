@@ -71,25 +71,61 @@ pub fn to_onnx(model: &Trained, metadata: &[(String, String)]) -> anyhow::Result
         output: vec![value_info(LOGITS, &[NUM_CLASSES as i64]), value_info(PROBABILITIES, &[NUM_CLASSES as i64])],
         ..Default::default()
     };
-    let proto = pb::ModelProto {
+    Ok(model_file(graph, "Facial-expression classifier for 48x48 grayscale faces (FER-2013's 7 classes), exported by fer.", props))
+}
+
+/// The bytes of an ONNX file holding `graph`, at this module's opset, with `metadata`.
+fn model_file(graph: pb::GraphProto, doc: &str, metadata: Vec<(String, String)>) -> Vec<u8> {
+    pb::ModelProto {
         ir_version: IR_VERSION,
         opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: OPSET }],
         producer_name: "fer".into(),
         producer_version: env!("CARGO_PKG_VERSION").into(),
-        doc_string: "Facial-expression classifier for 48x48 grayscale faces (FER-2013's 7 classes), exported by fer.".into(),
+        doc_string: doc.into(),
         graph: Some(graph),
-        metadata_props: props.into_iter().map(|(key, value)| pb::StringStringEntryProto { key, value }).collect(),
+        metadata_props: metadata.into_iter().map(|(key, value)| pb::StringStringEntryProto { key, value }).collect(),
         ..Default::default()
-    };
-    Ok(proto.encode_to_vec())
+    }
+    .encode_to_vec()
 }
 
 /// A float32 tensor `[N, ...per_face]` with a symbolic batch dimension.
 fn value_info(name: &str, per_face: &[i64]) -> pb::ValueInfoProto {
+    let mut dims = vec![Dim::Named(BATCH)];
+    dims.extend(per_face.iter().map(|&d| Dim::Fixed(d)));
+    tensor_info(name, &dims)
+}
+
+/// One dimension of a tensor's declared shape.
+#[derive(Clone, Copy)]
+enum Dim {
+    Fixed(i64),
+    /// A symbol, fixed at run time (the batch, an image's height).
+    Named(&'static str),
+}
+
+/// A float32 tensor of shape `dims`.
+fn tensor_info(name: &str, dims: &[Dim]) -> pb::ValueInfoProto {
+    float_info(name, Some(dims))
+}
+
+/// A float32 tensor, of shape `dims` where given.
+fn float_info(name: &str, dims: Option<&[Dim]>) -> pb::ValueInfoProto {
     use pb::tensor_shape_proto::{dimension::Value, Dimension};
-    let mut dim = vec![Dimension { value: Some(Value::DimParam(BATCH.into())), ..Default::default() }];
-    dim.extend(per_face.iter().map(|&d| Dimension { value: Some(Value::DimValue(d)), ..Default::default() }));
-    let tensor = pb::type_proto::Tensor { elem_type: DataType::Float as i32, shape: Some(pb::TensorShapeProto { dim }) };
+    let shape = dims.map(|dims| {
+        let dim = dims
+            .iter()
+            .map(|d| Dimension {
+                value: Some(match *d {
+                    Dim::Fixed(n) => Value::DimValue(n),
+                    Dim::Named(s) => Value::DimParam(s.into()),
+                }),
+                ..Default::default()
+            })
+            .collect();
+        pb::TensorShapeProto { dim }
+    });
+    let tensor = pb::type_proto::Tensor { elem_type: DataType::Float as i32, shape };
     pb::ValueInfoProto {
         name: name.into(),
         r#type: Some(pb::TypeProto { value: Some(pb::type_proto::Value::TensorType(tensor)), ..Default::default() }),
@@ -346,34 +382,109 @@ print(session.get_modelmeta().custom_metadata_map["classes"].split(",")[session.
 }
 
 // ---------------------------------------------------------------------------------------
-// Running an ONNX file with tract
+// The face detector's networks
 
-/// An ONNX model loaded and optimised by tract, for any batch size.
-pub struct TractModel {
-    plan: std::sync::Arc<tract_onnx::prelude::TypedRunnableModel>,
+/// One step of an MTCNN network, as facenet-pytorch names its weights.
+#[derive(Clone, Copy)]
+enum Step {
+    Conv(&'static str),
+    Prelu(&'static str),
+    /// Max pooling (kernel, stride) with the output size rounded up, as Caffe pooled.
+    Pool(i64, i64),
+    /// Flattened width-major: the weights were trained in Caffe on that order.
+    Flatten,
+    Dense(&'static str),
 }
 
-impl TractModel {
-    pub fn load(bytes: &[u8]) -> anyhow::Result<TractModel> {
-        use tract_onnx::prelude::*;
-        let plan = tract_onnx::onnx().model_for_read(&mut &bytes[..])?.into_optimized()?.into_runnable()?;
-        Ok(TractModel { plan })
+/// MTCNN's three networks (`fer_core::face::detect`) as ONNX files, from facenet-pytorch's
+/// weights (`models/detector/mtcnn.safetensors`): (file name, bytes). Inputs `image`, RGB
+/// scaled as (v - 127.5) / 128: P-Net `[1, 3, H, W]` (fully convolutional, any size), R-Net
+/// `[N, 3, 24, 24]`, O-Net `[N, 3, 48, 48]`. Outputs `probability` (`[.., 2, ..]`, softmax over
+/// not-face / face), `regression` (box corrections) and, from O-Net, `landmarks`.
+pub fn detector_onnx(weights: &[u8]) -> anyhow::Result<Vec<(&'static str, Vec<u8>)>> {
+    use Step::*;
+    let file = safetensors::SafeTensors::deserialize(weights).map_err(|e| anyhow::anyhow!("face detector weights: {e:?}"))?;
+    let mut vars = HashMap::new();
+    for (name, view) in file.tensors() {
+        vars.insert(name, Tensor::try_from(view)?);
     }
+    let pnet = [Conv("conv1"), Prelu("prelu1"), Pool(2, 2), Conv("conv2"), Prelu("prelu2"), Conv("conv3"), Prelu("prelu3")];
+    let rnet = [Conv("conv1"), Prelu("prelu1"), Pool(3, 2), Conv("conv2"), Prelu("prelu2"), Pool(3, 2), Conv("conv3"), Prelu("prelu3"), Flatten, Dense("dense4"), Prelu("prelu4")];
+    let onet = [
+        Conv("conv1"), Prelu("prelu1"), Pool(3, 2), Conv("conv2"), Prelu("prelu2"), Pool(3, 2), Conv("conv3"), Prelu("prelu3"), Pool(2, 2),
+        Conv("conv4"), Prelu("prelu4"), Flatten, Dense("dense5"), Prelu("prelu5"),
+    ];
+    let (n, h, w) = (Dim::Named(BATCH), Dim::Named("H"), Dim::Named("W"));
+    let fixed = |v: i64| Dim::Fixed(v);
+    Ok(vec![
+        ("pnet.onnx", mtcnn_net(&vars, "pnet", &pnet, &[fixed(1), fixed(3), h, w], &[("probability", Conv("conv4_1")), ("regression", Conv("conv4_2"))])?),
+        ("rnet.onnx", mtcnn_net(&vars, "rnet", &rnet, &[n, fixed(3), fixed(24), fixed(24)], &[("probability", Dense("dense5_1")), ("regression", Dense("dense5_2"))])?),
+        (
+            "onet.onnx",
+            mtcnn_net(&vars, "onet", &onet, &[n, fixed(3), fixed(48), fixed(48)], &[
+                ("probability", Dense("dense6_1")),
+                ("regression", Dense("dense6_2")),
+                ("landmarks", Dense("dense6_3")),
+            ])?,
+        ),
+    ])
+}
 
-    /// (logits, probabilities), each `[N, 7]` row-major, for `[N, 1, 48, 48]` u8 pixels.
-    pub fn run(&self, pixels: &[u8]) -> anyhow::Result<(Vec<f32>, Vec<f32>)> {
-        use tract_onnx::prelude::*;
-        let face = SIDE * SIDE;
-        anyhow::ensure!(pixels.len() % face == 0, "{} pixels are not whole 48x48 faces", pixels.len());
-        let n = pixels.len() / face;
-        let x: Vec<f32> = pixels.iter().map(|&p| p as f32).collect();
-        let input = tract_ndarray::Array4::from_shape_vec((n, 1, SIDE, SIDE), x)?.into_tensor();
-        let out = self.plan.run(tvec!(input.into()))?;
-        anyhow::ensure!(out.len() == 2, "the model gives {} outputs, not logits and probabilities", out.len());
-        let flat = |t: &TValue| -> anyhow::Result<Vec<f32>> { Ok(t.to_plain_array_view::<f32>()?.iter().copied().collect()) };
-        Ok((flat(&out[0])?, flat(&out[1])?))
+/// One MTCNN network: the trunk's steps, then each head (a convolution or dense layer; the
+/// `probability` head ends in a softmax over its two classes).
+fn mtcnn_net(vars: &HashMap<String, Tensor>, net: &str, trunk: &[Step], input: &[Dim], heads: &[(&'static str, Step)]) -> anyhow::Result<Vec<u8>> {
+    let mut g = Graph { vars, nodes: Vec::new(), initializers: Vec::new(), names: 0 };
+    let mut x = "image".to_string();
+    let mut spatial = true;
+    for step in trunk {
+        x = g.mtcnn_step(&x, net, *step, &mut spatial)?;
+    }
+    for &(output, head) in heads {
+        let y = g.mtcnn_step(&x, net, head, &mut spatial.clone())?;
+        if output == "probability" {
+            g.nodes.push(node("Softmax", &[&y], output, vec![int("axis", 1)]));
+        } else {
+            g.nodes.push(node("Identity", &[&y], output, vec![]));
+        }
+    }
+    let graph = pb::GraphProto {
+        name: format!("mtcnn-{net}"),
+        node: g.nodes,
+        initializer: g.initializers,
+        input: vec![tensor_info("image", input)],
+        // Float outputs of the sizes the trunk gives (P-Net's maps follow the image's size).
+        output: heads.iter().map(|(name, _)| float_info(name, None)).collect(),
+        ..Default::default()
+    };
+    Ok(model_file(graph, &format!("MTCNN {net} (Zhang et al. 2016), facenet-pytorch's weights (MIT), exported by `fer detect export`."), Vec::new()))
+}
+
+impl Graph<'_> {
+    /// One MTCNN step from `x`; `spatial` says whether `x` is still a feature map.
+    fn mtcnn_step(&mut self, x: &str, net: &str, step: Step, spatial: &mut bool) -> anyhow::Result<String> {
+        Ok(match step {
+            Step::Conv(name) => self.weighted("Conv", x, &format!("{net}.{name}"), vec![])?,
+            Step::Prelu(name) => {
+                let prefix = format!("{net}.{name}");
+                let c = self.vars.get(&format!("{prefix}.weight")).ok_or_else(|| anyhow::anyhow!("the weights lack {prefix}.weight"))?.size()[0];
+                // One slope per channel, broadcast over the map or the batch.
+                let shape: Vec<i64> = if *spatial { vec![c, 1, 1] } else { vec![c] };
+                let slope = self.part(&prefix, "weight", Some(&shape))?;
+                self.node("PRelu", &[x, &slope], vec![])
+            }
+            Step::Pool(kernel, stride) => self.node("MaxPool", &[x], vec![ints("kernel_shape", &[kernel, kernel]), ints("strides", &[stride, stride]), int("ceil_mode", 1)]),
+            Step::Flatten => {
+                *spatial = false;
+                let t = self.node("Transpose", &[x], vec![ints("perm", &[0, 3, 2, 1])]);
+                self.node("Flatten", &[&t], vec![int("axis", 1)])
+            }
+            Step::Dense(name) => self.weighted("Gemm", x, &format!("{net}.{name}"), vec![int("transB", 1)])?,
+        })
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Checking an ONNX file in tract (the inference core's runtime) against libtorch
 
 /// How closely tract's run of the ONNX file follows libtorch's run of the model.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -388,7 +499,7 @@ pub struct Agreement {
 /// Runs `onnx` in tract and `model` in libtorch on `faces` and compares their probabilities;
 /// returns tract's logits (`[N, 7]`) beside the agreement.
 pub fn check(onnx: &[u8], model: &Trained, faces: &crate::data::Faces) -> anyhow::Result<(Agreement, Tensor)> {
-    let tract = TractModel::load(onnx)?;
+    let tract = fer_core::Classifier::from_onnx(onnx)?;
     let (mut logits, mut probabilities) = (Vec::new(), Vec::new());
     // Batches bound tract's memory on large splits.
     for chunk in faces.pixels.chunks(256 * SIDE * SIDE) {

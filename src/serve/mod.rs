@@ -1,6 +1,6 @@
 //! `fer serve`: the face pipeline behind a JSON API and a web page, on axum + tokio.
 //!
-//! The model and the detector are loaded once per worker thread; requests reach the workers
+//! The pipeline (model and detector, in tract) is loaded once and shared by the worker threads; requests reach the workers
 //! through a bounded queue, so inference never runs on the async threads. What bounds the rest
 //! is in layers and in the accept loop ([`limits`]): a header read timeout and a cap on open
 //! connections per connection, an admission permit before a body is read, a body read timeout,
@@ -31,7 +31,6 @@ use crate::data::CLASSES;
 use crate::face::detect::{DetectorOptions, FaceBox};
 use crate::face::Pipeline;
 use crate::media::{decode_image, ImageError};
-use crate::nn::model::Trained;
 
 static PAGE: &str = include_str!("index.html");
 
@@ -42,7 +41,7 @@ pub struct ServeOptions {
     pub max_body: usize,
     /// Requests waiting for a worker before the server answers 503.
     pub queue: usize,
-    /// Inference threads, each with its own copy of the model and detector.
+    /// Inference threads, sharing one pipeline.
     pub workers: usize,
     pub detector: DetectorOptions,
     /// A connection's request headers must arrive within this.
@@ -62,7 +61,7 @@ pub struct ServeOptions {
 impl Default for ServeOptions {
     fn default() -> ServeOptions {
         ServeOptions {
-            model: PathBuf::from("models/tiny"),
+            model: PathBuf::from(fer_core::models::DEFAULT),
             max_body: 10_000_000,
             queue: 16,
             workers: 1,
@@ -147,47 +146,44 @@ struct AppState {
     workers_alive: Arc<AtomicUsize>,
 }
 
-/// The model's card: `card.json` of a shipped model, else what its config and summary say.
-/// The folder is named, not its path on the server.
-fn model_card(dir: &std::path::Path) -> serde_json::Value {
-    let read = |f: &str| std::fs::read(dir.join(f)).ok().and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
-    let mut card = read("card.json").or_else(|| read("summary.json")).unwrap_or_else(|| serde_json::json!({}));
+/// The model's card (`card.json` of a shipped or exported model, else what its run's summary
+/// says), under the model's name, never its path on the server.
+fn model_card(chosen: &crate::models::Chosen) -> serde_json::Value {
+    let mut card = if chosen.card.is_object() { chosen.card.clone() } else { serde_json::json!({}) };
     if let Some(map) = card.as_object_mut() {
         map.remove("path");
         map.remove("run");
     }
-    card["model"] = dir.file_name().map_or(String::new(), |n| n.to_string_lossy().into_owned()).into();
+    card["model"] = chosen.name.clone().into();
     card["classes"] = CLASSES.to_vec().into();
     card
 }
 
-/// Starts the inference threads; each loads its own pipeline (tch tensors are not `Sync`).
-fn start_workers(options: &ServeOptions, alive: &Arc<AtomicUsize>) -> anyhow::Result<SyncSender<Job>> {
+/// Starts the inference threads over one pipeline (tract's plans run from any thread).
+fn start_workers(pipeline: Arc<Pipeline>, options: &ServeOptions, alive: &Arc<AtomicUsize>) -> SyncSender<Job> {
     let (tx, rx) = sync_channel::<Job>(options.queue);
     let rx = Arc::new(Mutex::new(rx));
     for _ in 0..options.workers.max(1) {
-        let model = Trained::load(&options.model, tch::Device::Cpu)?;
-        let pipeline = Pipeline::new(model, options.detector)?;
-        let (rx, alive) = (rx.clone(), alive.clone());
+        let (rx, alive, pipeline) = (rx.clone(), alive.clone(), pipeline.clone());
         alive.fetch_add(1, Ordering::AcqRel);
         std::thread::spawn(move || {
-            work(pipeline, rx);
+            work(&pipeline, rx);
             alive.fetch_sub(1, Ordering::AcqRel);
         });
     }
-    Ok(tx)
+    tx
 }
 
 /// Answers jobs until the server is gone. A panic while answering one is that request's 500;
 /// the thread goes on with the next.
-fn work(pipeline: Pipeline, jobs: Arc<Mutex<Receiver<Job>>>) {
+fn work(pipeline: &Pipeline, jobs: Arc<Mutex<Receiver<Job>>>) {
     loop {
         // A poisoned lock only means another worker panicked holding it: the queue is intact.
         let job = match jobs.lock().unwrap_or_else(|e| e.into_inner()).recv() {
             Ok(job) => job,
             Err(_) => return, // the server is gone
         };
-        let answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| answer(&pipeline, &job))).unwrap_or_else(|_| {
+        let answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| answer(pipeline, &job))).unwrap_or_else(|_| {
             Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, "the inference thread failed on this request; it goes on with the next".into()))
         });
         // The client may have gone; nothing to do about it.
@@ -232,9 +228,11 @@ fn answer(pipeline: &Pipeline, job: &Job) -> Result<Answer, ApiError> {
 /// The application: routes, state and the layers that bound a request, with the limits the
 /// accept loop shares ([`serve_on`]).
 pub fn app(options: ServeOptions) -> anyhow::Result<(Router, Arc<Limits>)> {
-    let card = Arc::new(model_card(&options.model));
+    let chosen = crate::models::choose(Some(&options.model))?;
+    let pipeline = Arc::new(chosen.pipeline(options.detector)?);
+    let card = Arc::new(model_card(&chosen));
     let workers_alive = Arc::new(AtomicUsize::new(0));
-    let jobs = start_workers(&options, &workers_alive)?;
+    let jobs = start_workers(pipeline, &options, &workers_alive);
     // Admitted at once: as many requests as the workers run and the queue holds.
     let limits = Arc::new(Limits::new(options.max_connections, options.queue + options.workers.max(1)));
     let state = AppState { jobs, card, options: Arc::new(options), limits: limits.clone(), workers_alive };

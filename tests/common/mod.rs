@@ -107,7 +107,7 @@ pub fn tiny_config(name: &str, epochs: usize) -> fer::config::Config {
 /// A `fer serve` app on a free loopback port, run on its own thread: its base URL, and the
 /// switch that stops it.
 pub fn start_server(max_body: usize, queue: usize) -> (String, tokio::sync::oneshot::Sender<()>) {
-    let model = fer::predict::default_model().unwrap();
+    let model = fer::models::default_folder().unwrap();
     start_server_with(fer::serve::ServeOptions { model, max_body, queue, ..Default::default() })
 }
 

@@ -1,5 +1,5 @@
 //! FER-2013 framing. A model trained on FER-2013 expects a face framed the way FER-2013 framed
-//! its faces, and a detector's box is not that frame. `fer detect calibrate` measures the
+//! its faces, and a detector's box is not that frame. `fer detect calibrate` (in the `fer` crate, over the data) measures the
 //! relation instead of guessing it: it runs the detector on FER-2013 faces (upscaled, with
 //! room around them) and records where the box falls relative to the 48x48 frame, as medians
 //! over thousands of faces. Photos are then cropped with the inverse of that mapping.
@@ -12,10 +12,10 @@
 use image::{imageops::FilterType, GrayImage, RgbImage};
 use serde::{Deserialize, Serialize};
 
-use super::detect::{Detection, FaceBox, FaceDetector};
-use crate::data::{Dataset, Split, SIDE};
+use super::detect::{Detection, FaceBox};
+use crate::classes::SIDE;
 
-static SHIPPED: &str = include_str!("../../models/detector/framing.json");
+static SHIPPED: &str = include_str!("../../../../models/detector/framing.json");
 
 /// The frame around a detected face, in units of the box's width.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -55,12 +55,9 @@ impl Framing {
 }
 
 /// The centroid of a detection's five landmarks.
-fn anchor(face: &Detection) -> (f64, f64) {
+pub fn anchor(face: &Detection) -> (f64, f64) {
     let l = &face.landmarks;
     (l.iter().map(|p| p.0).sum::<f64>() / 5.0, l.iter().map(|p| p.1).sum::<f64>() / 5.0)
-}
-
-impl Framing {
 }
 
 /// The part of `gray` under `frame` as a 48x48 face; where the frame leaves the image, its
@@ -107,50 +104,6 @@ pub fn detection_in(found: &[Detection], frame: &FaceBox) -> Option<Detection> {
         })
         .max_by(|a, b| a.score.total_cmp(&b.score))
         .copied()
-}
-
-fn median_and_iqr(mut v: Vec<f64>) -> (f64, [f64; 2]) {
-    v.sort_by(f64::total_cmp);
-    let q = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
-    (q(0.5), [q(0.25), q(0.75)])
-}
-
-/// Measures the framing on `faces` faces of `split` (evenly spaced through it).
-pub fn calibrate(data: &Dataset, split: Split, faces: usize, detector: &FaceDetector, progress: &indicatif::ProgressBar) -> anyhow::Result<Framing> {
-    let (upscale, margin) = (4, 0.5);
-    let idx = data.indices(split);
-    anyhow::ensure!(!idx.is_empty(), "no {split} faces to calibrate on");
-    anyhow::ensure!(faces > 0, "--faces must be at least 1");
-    let step = (idx.len() / faces.max(1)).max(1);
-    let picks: Vec<usize> = idx.iter().step_by(step).take(faces).copied().collect();
-    progress.set_length(picks.len() as u64);
-    let (mut side, mut dx, mut dy) = (Vec::new(), Vec::new(), Vec::new());
-    for &i in &picks {
-        let (canvas, frame) = embed(data.image(i), upscale, margin);
-        if let Some(d) = detection_in(&detector.detect(&canvas), &frame) {
-            let ((fx, fy), (bx, by)) = (frame.centre(), anchor(&d));
-            side.push(frame.w / d.bbox.w);
-            dx.push((fx - bx) / d.bbox.w);
-            dy.push((fy - by) / d.bbox.w);
-        }
-        progress.inc(1);
-    }
-    anyhow::ensure!(side.len() * 2 >= picks.len(), "the detector found only {} of {} faces: no calibration", side.len(), picks.len());
-    let found = side.len();
-    let ((side, side_iqr), (dx, dx_iqr), (dy, dy_iqr)) = (median_and_iqr(side), median_and_iqr(dx), median_and_iqr(dy));
-    Ok(Framing {
-        side,
-        dx,
-        dy,
-        faces_tried: picks.len(),
-        faces_found: found,
-        upscale,
-        margin,
-        split: split.name().to_string(),
-        side_iqr,
-        dx_iqr,
-        dy_iqr,
-    })
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@
 //! probabilities count half after one half-life, a quarter after two. After a real change of
 //! expression, the new label takes over within one half-life (plus one sampled frame).
 
-use crate::data::NUM_CLASSES;
+use crate::classes::NUM_CLASSES;
 use crate::face::detect::FaceBox;
 
 /// Boxes that overlap at least this much (intersection over union) are one face.
