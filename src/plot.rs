@@ -235,13 +235,80 @@ pub fn annotate(image: &mut image::RgbImage, faces: &[crate::face::FaceResult], 
 
 /// A video's emotions over time: each class's probability for the largest face of every
 /// sampled frame (frames without a face leave a gap), and the share of frames per label.
-pub fn emotion_timeline(path: &Path, name: &str, timeline: &[(f64, Option<[f32; NUM_CLASSES]>)]) -> anyhow::Result<()> {
+/// One face's track in a video, for the summary: its id and, per sampled frame it was seen in,
+/// the time and its smoothed label.
+pub struct TrackLane {
+    pub id: u64,
+    pub labels: Vec<(f64, usize)>,
+}
+
+/// Lanes drawn at most in the summary (the tracks seen longest); the caption counts the rest.
+pub const MAX_LANES: usize = 12;
+
+/// The height of a video's summary in pixels: 520 for its chart, and with lanes, 70 for their
+/// axes and 24 a lane.
+pub fn summary_height(lanes: usize) -> u32 {
+    if lanes == 0 { 520 } else { 520 + 70 + 24 * lanes as u32 }
+}
+
+/// A video's summary: the main track's smoothed probabilities over time and its share of
+/// frames per label, and below them one lane per track (the [`MAX_LANES`] seen longest, in order
+/// of appearance), coloured by its smoothed label where it was seen. `step` is the sampling
+/// interval: a lane's frame covers it, and a gap of more than 1.5 steps shows as white.
+pub fn emotion_timeline(path: &Path, name: &str, timeline: &[(f64, Option<[f32; NUM_CLASSES]>)], lanes: &[TrackLane], tracks: usize, step: f64) -> anyhow::Result<()> {
     register_font();
-    let t1 = timeline.last().map_or(1.0, |t| t.0).max(1e-3);
+    let t1 = timeline.last().map_or(1.0, |t| t.0 + step).max(1e-3);
     let with_face: Vec<usize> = timeline.iter().filter_map(|(_, p)| p.as_ref().map(crate::face::argmax)).collect();
-    let root = BitMapBackend::new(path, (1000, 520)).into_drawing_area();
+    let root = BitMapBackend::new(path, (1000, summary_height(lanes.len()))).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
-    let (left, right) = root.split_horizontally(760);
+    let (top, bottom) = root.split_vertically(520);
+    if !lanes.is_empty() {
+        // Split as the top is, so that both time axes line up.
+        let (left, key) = bottom.split_horizontally(760);
+        let caption = if tracks > lanes.len() {
+            format!("the {} tracks seen longest (of {tracks}), by smoothed label", lanes.len())
+        } else {
+            format!("every track ({tracks}), by smoothed label")
+        };
+        let n = lanes.len() as f64;
+        let mut chart = ChartBuilder::on(&left)
+            .caption(caption, (FONT, 15))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0.0..t1, -0.5..n - 0.5)
+            .map_err(err)?;
+        // The first track to appear on top.
+        let ids: Vec<String> = lanes.iter().rev().map(|l| format!("#{}", l.id)).collect();
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .x_labels(8)
+            .x_label_formatter(&|t| if t1 < 10.0 { format!("{t:.1}") } else { format!("{t:.0}") })
+            .y_labels(lanes.len())
+            .y_label_formatter(&|y| ids.get(y.round() as usize).filter(|_| (y - y.round()).abs() < 0.01).cloned().unwrap_or_default())
+            .x_desc("time (s)")
+            .y_desc("track")
+            .label_style((FONT, 12))
+            .draw()
+            .map_err(err)?;
+        for (row, lane) in lanes.iter().enumerate() {
+            let y = n - 1.0 - row as f64;
+            let cells = lane.labels.iter().enumerate().map(|(k, &(t, label))| {
+                let next = lane.labels.get(k + 1).map_or(t + step, |n| n.0);
+                let end = if next - t > 1.5 * step { t + step } else { next };
+                Rectangle::new([(t, y - 0.38), (end, y + 0.38)], CLASS_COLORS[label].filled())
+            });
+            chart.draw_series(cells).map_err(err)?;
+        }
+        // The lanes' colours, named.
+        for (c, class) in CLASSES.iter().enumerate() {
+            let y = 40 + 20 * c as i32;
+            key.draw(&Rectangle::new([(20, y), (36, y + 14)], CLASS_COLORS[c].filled())).map_err(err)?;
+            key.draw(&Text::new(*class, (44, y), (FONT, 13))).map_err(err)?;
+        }
+    }
+    let (left, right) = top.split_horizontally(760);
     let mut chart = ChartBuilder::on(&left)
         .caption(name, (FONT, 16))
         .margin(12)

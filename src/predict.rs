@@ -614,9 +614,30 @@ fn video(pipeline: &Pipeline, path: &Path, stem: &str, name: &str, opts: &Predic
     if let Some(dir) = &opts.annotate {
         let dest = dir.join(annotated_name(stem, "summary.png"));
         let title = format!("{name}: track #{} (seen longest), smoothed over a half-life of {} s", main.map_or("-".into(), |m| m.to_string()), opts.half_life);
-        crate::plot::emotion_timeline(&dest, &title, &timeline).map_err(|e| e.to_string())?;
+        let (lanes, step) = track_lanes(&seen);
+        crate::plot::emotion_timeline(&dest, &title, &timeline, &lanes, frames_of.len(), step).map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+/// The summary's lanes: the tracks seen in most frames (at most `plot::MAX_LANES`), in order of
+/// appearance, each with its smoothed label per frame; and the sampling interval (the median
+/// time between sampled frames).
+fn track_lanes(seen: &[(f64, Vec<(Tracked, [f32; NUM_CLASSES])>)]) -> (Vec<crate::plot::TrackLane>, f64) {
+    let mut by_track = std::collections::BTreeMap::<u64, Vec<(f64, usize)>>::new();
+    for (time, faces) in seen {
+        for (t, _) in faces {
+            by_track.entry(t.track).or_default().push((*time, argmax(&t.smoothed)));
+        }
+    }
+    let mut lanes: Vec<crate::plot::TrackLane> = by_track.into_iter().map(|(id, labels)| crate::plot::TrackLane { id, labels }).collect();
+    lanes.sort_by_key(|l| (std::cmp::Reverse(l.labels.len()), l.id));
+    lanes.truncate(crate::plot::MAX_LANES);
+    lanes.sort_by(|a, b| a.labels[0].0.total_cmp(&b.labels[0].0).then(a.id.cmp(&b.id)));
+    let mut gaps: Vec<f64> = seen.windows(2).map(|w| w[1].0 - w[0].0).filter(|g| *g > 0.0).collect();
+    gaps.sort_by(f64::total_cmp);
+    let step = gaps.get(gaps.len() / 2).copied().unwrap_or(1.0);
+    (lanes, step)
 }
 
 /// Label changes per second along each track, raw and smoothed, over all tracks' time.

@@ -187,7 +187,10 @@ fn predict_samples_a_video_and_annotates_it() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&probe.stdout).trim(), "4");
-    assert!(image::open(d.join("out/group.annotated.summary.png")).is_ok());
+    // The summary has a lane per track under its chart.
+    let summary = image::open(d.join("out/group.annotated.summary.png")).unwrap();
+    let lanes = tracks.len().min(fer::plot::MAX_LANES);
+    assert_eq!(summary.height(), fer::plot::summary_height(lanes), "one lane per track ({} tracks)", tracks.len());
 }
 
 /// Both detectors, the inference core's (its networks in tract, as the Python package runs it)

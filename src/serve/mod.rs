@@ -12,7 +12,8 @@ pub mod limits;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequest, Multipart, Query, Request, State};
-use axum::http::{header, StatusCode};
+use axum::body::Bytes;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -107,6 +108,12 @@ pub struct Timings {
 /// An error as the API answers it: a status and a message.
 #[derive(Debug)]
 pub struct ApiError(StatusCode, String);
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        self.0
+    }
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -379,8 +386,8 @@ async fn predict(
     if declared.is_some_and(|n| n > limit) {
         return Err(too_big());
     }
-    let is_form = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|t| t.starts_with("multipart/form-data"));
-    let (parts, body) = request.into_parts();
+    let content_type = request.headers().get(header::CONTENT_TYPE).cloned();
+    let body = request.into_body();
     // Admitted before the body is read: a full server keeps nothing more. The refused body is
     // read and dropped (within the body timeout), so that a client still sending it sees the 503.
     let busy = || ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("busy: {} requests are waiting; try again shortly", state.options.queue));
@@ -394,7 +401,7 @@ async fn predict(
         Err(_) => return Err(ApiError(StatusCode::REQUEST_TIMEOUT, format!("the body did not arrive within {} s", wait.as_secs_f64()))),
     };
     admission.body_received();
-    let bytes = if is_form { first_file(Request::from_parts(parts, Body::from(bytes))).await? } else { bytes.to_vec() };
+    let bytes = body_image(content_type.as_ref(), bytes).await?;
     let (reply, answer) = oneshot::channel();
     let job = Job { bytes, detect: query.detect.unwrap_or(true), received, reply, _admission: admission };
     match state.jobs.try_send(job) {
@@ -420,6 +427,17 @@ async fn discard(body: Body, limit: usize, wait: Duration) {
         }
     })
     .await;
+}
+
+/// The image a request carries: its body, or the first field of a `multipart/form-data` body.
+/// Public for the fuzz target `fuzz/fuzz_targets/body.rs`.
+pub async fn body_image(content_type: Option<&HeaderValue>, bytes: Bytes) -> Result<Vec<u8>, ApiError> {
+    let Some(content_type) = content_type.filter(|v| v.to_str().is_ok_and(|t| t.starts_with("multipart/form-data"))) else {
+        return Ok(bytes.to_vec());
+    };
+    let mut request = Request::new(Body::from(bytes));
+    request.headers_mut().insert(header::CONTENT_TYPE, content_type.clone());
+    first_file(request).await
 }
 
 /// The first file (or any field) of a multipart form.
