@@ -46,7 +46,9 @@ pub fn body(input: &[u8]) -> bool {
         }
     };
     let header = content_type.and_then(|t| HeaderValue::from_str(&t).ok());
-    let runtime = tokio::runtime::Builder::new_current_thread().build().expect("a runtime");
+    // One runtime for every input, built once.
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    let runtime = RUNTIME.get_or_init(|| tokio::runtime::Builder::new_current_thread().build().expect("a runtime"));
     match runtime.block_on(fer::serve::body_image(header.as_ref(), Bytes::copy_from_slice(body))) {
         Ok(bytes) => {
             assert!(bytes.len() <= body.len(), "a form's field is part of its body");

@@ -233,8 +233,6 @@ pub fn annotate(image: &mut image::RgbImage, faces: &[crate::face::FaceResult], 
     Ok(())
 }
 
-/// A video's emotions over time: each class's probability for the largest face of every
-/// sampled frame (frames without a face leave a gap), and the share of frames per label.
 /// One face's track in a video, for the summary: its id and, per sampled frame it was seen in,
 /// the time and its smoothed label.
 pub struct TrackLane {
@@ -251,14 +249,16 @@ pub fn summary_height(lanes: usize) -> u32 {
     if lanes == 0 { 520 } else { 520 + 70 + 24 * lanes as u32 }
 }
 
-/// A video's summary: the main track's smoothed probabilities over time and its share of
-/// frames per label, and below them one lane per track (the [`MAX_LANES`] seen longest, in order
+/// A video's summary: the main track's smoothed probabilities over time (frames without it
+/// leave a gap) and its share of frames per label, and below them one lane per track (the [`MAX_LANES`] seen longest, in order
 /// of appearance), coloured by its smoothed label where it was seen. `step` is the sampling
 /// interval: a lane's frame covers it, and a gap of more than 1.5 steps shows as white.
 pub fn emotion_timeline(path: &Path, name: &str, timeline: &[(f64, Option<[f32; NUM_CLASSES]>)], lanes: &[TrackLane], tracks: usize, step: f64) -> anyhow::Result<()> {
     register_font();
     let t1 = timeline.last().map_or(1.0, |t| t.0 + step).max(1e-3);
     let with_face: Vec<usize> = timeline.iter().filter_map(|(_, p)| p.as_ref().map(crate::face::argmax)).collect();
+    // Few enough time labels that they never run into each other, whatever the length.
+    let time_label = |t: &f64| if t1 < 10.0 { format!("{t:.1}") } else { format!("{t:.0}") };
     let root = BitMapBackend::new(path, (1000, summary_height(lanes.len()))).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let (top, bottom) = root.split_vertically(520);
@@ -284,7 +284,7 @@ pub fn emotion_timeline(path: &Path, name: &str, timeline: &[(f64, Option<[f32; 
             .configure_mesh()
             .disable_y_mesh()
             .x_labels(8)
-            .x_label_formatter(&|t| if t1 < 10.0 { format!("{t:.1}") } else { format!("{t:.0}") })
+            .x_label_formatter(&time_label)
             .y_labels(lanes.len())
             .y_label_formatter(&|y| ids.get(y.round() as usize).filter(|_| (y - y.round()).abs() < 0.01).cloned().unwrap_or_default())
             .x_desc("time (s)")
@@ -316,8 +316,7 @@ pub fn emotion_timeline(path: &Path, name: &str, timeline: &[(f64, Option<[f32; 
         .y_label_area_size(50)
         .build_cartesian_2d(0.0..t1, 0.0..1.0)
         .map_err(err)?;
-    // Few enough time labels that they never run into each other, whatever the length.
-    chart.configure_mesh().x_labels(8).x_label_formatter(&|t| if t1 < 10.0 { format!("{t:.1}") } else { format!("{t:.0}") }).x_desc("time (s)").y_desc("probability").label_style((FONT, 13)).draw().map_err(err)?;
+    chart.configure_mesh().x_labels(8).x_label_formatter(&time_label).x_desc("time (s)").y_desc("probability").label_style((FONT, 13)).draw().map_err(err)?;
     for c in 0..NUM_CLASSES {
         // One line per run of frames with a face.
         let mut runs: Vec<Vec<(f64, f64)>> = vec![Vec::new()];

@@ -588,13 +588,8 @@ fn video(pipeline: &Pipeline, path: &Path, stem: &str, name: &str, opts: &Predic
         w.finish()?;
     }
     // The track seen in most frames, smoothed, is the video's summary.
-    let mut frames_of = std::collections::BTreeMap::<u64, usize>::new();
-    for (_, faces) in &seen {
-        for (t, _) in faces {
-            *frames_of.entry(t.track).or_default() += 1;
-        }
-    }
-    let main = frames_of.iter().max_by_key(|&(id, n)| (*n, std::cmp::Reverse(*id))).map(|(&id, _)| id);
+    let tracks = labels_by_track(&seen);
+    let main = tracks.iter().max_by_key(|&(id, l)| (l.len(), std::cmp::Reverse(*id))).map(|(&id, _)| id);
     let timeline: Vec<(f64, Option<[f32; NUM_CLASSES]>)> =
         seen.iter().map(|(time, faces)| (*time, faces.iter().find(|(t, _)| Some(t.track) == main).map(|(t, _)| t.smoothed))).collect();
     let with_face: Vec<usize> = timeline.iter().filter_map(|(_, p)| p.as_ref().map(argmax)).collect();
@@ -606,31 +601,39 @@ fn video(pipeline: &Pipeline, path: &Path, stem: &str, name: &str, opts: &Predic
     if shares.is_empty() {
         shares.push("no face in any frame".into());
     }
-    eprintln!("{name}: {} frames sampled over {:.1} s, {} tracks, the longest (#{}) in {} frames: {}", seen.len(), info.seconds, frames_of.len(), main.map_or("-".into(), |m| m.to_string()), with_face.len(), shares.join(", "));
-    let (raw, smoothed) = flicker(&seen);
-    if frames_of.values().any(|&n| n > 1) {
+    eprintln!("{name}: {} frames sampled over {:.1} s, {} tracks, the longest (#{}) in {} frames: {}", seen.len(), info.seconds, tracks.len(), main.map_or("-".into(), |m| m.to_string()), with_face.len(), shares.join(", "));
+    let (raw, smoothed) = flicker(&tracks);
+    if tracks.values().any(|l| l.len() > 1) {
         eprintln!("{name}: labels change {raw:.2} times a second along a track, {smoothed:.2} smoothed (half-life {} s)", opts.half_life);
     }
     if let Some(dir) = &opts.annotate {
         let dest = dir.join(annotated_name(stem, "summary.png"));
         let title = format!("{name}: track #{} (seen longest), smoothed over a half-life of {} s", main.map_or("-".into(), |m| m.to_string()), opts.half_life);
-        let (lanes, step) = track_lanes(&seen);
-        crate::plot::emotion_timeline(&dest, &title, &timeline, &lanes, frames_of.len(), step).map_err(|e| e.to_string())?;
+        let (lanes, step) = track_lanes(&tracks, &seen);
+        crate::plot::emotion_timeline(&dest, &title, &timeline, &lanes, tracks.len(), step).map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+/// Each track's sampled frames: (time, raw label, smoothed label), in time order.
+type TrackLabels = std::collections::BTreeMap<u64, Vec<(f64, usize, usize)>>;
+
+fn labels_by_track(seen: &[(f64, Vec<(Tracked, [f32; NUM_CLASSES])>)]) -> TrackLabels {
+    let mut by_track = TrackLabels::new();
+    for (time, faces) in seen {
+        for (t, raw) in faces {
+            by_track.entry(t.track).or_default().push((*time, argmax(raw), argmax(&t.smoothed)));
+        }
+    }
+    by_track
 }
 
 /// The summary's lanes: the tracks seen in most frames (at most `plot::MAX_LANES`), in order of
 /// appearance, each with its smoothed label per frame; and the sampling interval (the median
 /// time between sampled frames).
-fn track_lanes(seen: &[(f64, Vec<(Tracked, [f32; NUM_CLASSES])>)]) -> (Vec<crate::plot::TrackLane>, f64) {
-    let mut by_track = std::collections::BTreeMap::<u64, Vec<(f64, usize)>>::new();
-    for (time, faces) in seen {
-        for (t, _) in faces {
-            by_track.entry(t.track).or_default().push((*time, argmax(&t.smoothed)));
-        }
-    }
-    let mut lanes: Vec<crate::plot::TrackLane> = by_track.into_iter().map(|(id, labels)| crate::plot::TrackLane { id, labels }).collect();
+fn track_lanes(tracks: &TrackLabels, seen: &[(f64, Vec<(Tracked, [f32; NUM_CLASSES])>)]) -> (Vec<crate::plot::TrackLane>, f64) {
+    let mut lanes: Vec<crate::plot::TrackLane> =
+        tracks.iter().map(|(&id, l)| crate::plot::TrackLane { id, labels: l.iter().map(|&(t, _, smoothed)| (t, smoothed)).collect() }).collect();
     lanes.sort_by_key(|l| (std::cmp::Reverse(l.labels.len()), l.id));
     lanes.truncate(crate::plot::MAX_LANES);
     lanes.sort_by(|a, b| a.labels[0].0.total_cmp(&b.labels[0].0).then(a.id.cmp(&b.id)));
@@ -641,15 +644,9 @@ fn track_lanes(seen: &[(f64, Vec<(Tracked, [f32; NUM_CLASSES])>)]) -> (Vec<crate
 }
 
 /// Label changes per second along each track, raw and smoothed, over all tracks' time.
-fn flicker(seen: &[(f64, Vec<(Tracked, [f32; NUM_CLASSES])>)]) -> (f64, f64) {
-    let mut by_track = std::collections::BTreeMap::<u64, Vec<(f64, usize, usize)>>::new();
-    for (time, faces) in seen {
-        for (t, raw) in faces {
-            by_track.entry(t.track).or_default().push((*time, argmax(raw), argmax(&t.smoothed)));
-        }
-    }
+fn flicker(tracks: &TrackLabels) -> (f64, f64) {
     let (mut raw, mut smoothed, mut span) = (0.0, 0.0, 0.0);
-    for labels in by_track.values().filter(|l| l.len() > 1) {
+    for labels in tracks.values().filter(|l| l.len() > 1) {
         let s = labels.last().map_or(0.0, |l| l.0) - labels[0].0;
         raw += s * changes_per_second(&labels.iter().map(|l| (l.0, l.1)).collect::<Vec<_>>());
         smoothed += s * changes_per_second(&labels.iter().map(|l| (l.0, l.2)).collect::<Vec<_>>());
