@@ -198,16 +198,17 @@ fn a_changed_record_changes_the_rendered_number() {
         std::fs::read_to_string(out.join("REPORT.md")).unwrap()
     };
     let before = render();
-    let card_path = root.path().join("models/tiny/card.json");
+    // nano is the efficiency submission (the cheapest shipped model over the baseline on PublicTest).
+    let card_path = root.path().join("models/nano/card.json");
     let mut card: serde_json::Value = serde_json::from_slice(&std::fs::read(&card_path).unwrap()).unwrap();
     let old = format!("{:.2}%", 100.0 * card["test_acc"].as_f64().unwrap());
-    assert!(before.contains(&format!("**{old}** at")), "the summary states tiny's PrivateTest score");
+    assert!(before.contains(&format!("**{old}** at")), "the summary states nano's PrivateTest score");
     card["test_acc"] = serde_json::json!(0.612345);
     std::fs::write(&card_path, serde_json::to_vec(&card).unwrap()).unwrap();
     let after = render();
     assert!(after.contains("**61.23%** at") && !after.contains(&format!("**{old}** at")), "the new score replaces the old");
     // The efficiency's worked division uses the new operand.
-    assert!(after.contains("- tiny: 61.2345 / 0.004553344 = "), "the calculation is redone");
+    assert!(after.contains("- nano: 61.2345 / 0.000808944 = "), "the calculation is redone");
 }
 
 #[test]
@@ -218,7 +219,7 @@ fn a_missing_record_fails_with_its_path() {
     let err = fer::report::write(&project_inputs(root.path(), &root.path().join("report"))).unwrap_err();
     let msg = format!("{err:#}");
     assert!(msg.contains("tiny-ensemble/summary.json"), "{msg}");
-    assert!(msg.contains("report.md.j2:12"), "the template and line are named: {msg}");
+    assert!(msg.contains("report.md.j2:16"), "the template and line are named: {msg}");
     // A field the record lacks is an error too, not an empty cell.
     let template = root.path().join("t.md.j2");
     std::fs::write(&template, "{{ card(\"models/tiny\").no_such_field }}\n").unwrap();

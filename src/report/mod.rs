@@ -744,5 +744,5 @@ img { display: block; max-width: 100%; margin: 0.8em auto 0.2em; break-inside: a
 pre { background: #f4f4f4; padding: 8px; font-size: 0.8em; white-space: pre-wrap; }
 code { font-size: 0.9em; }
 @page { size: A4; margin: 16mm 14mm 18mm; @bottom-center { content: counter(page); font-family: sans-serif; font-size: 9pt; } }
-@media print { body { max-width: none; margin: 0; font-size: 10.5pt; } h2, h3 { break-after: avoid; } table { font-size: 8.5pt; } }
+@media print { body { max-width: none; margin: 0; font-size: 10.2pt; } h2, h3 { break-after: avoid; } table { font-size: 8.5pt; break-inside: auto; } tr { break-inside: avoid; } }
 ";
