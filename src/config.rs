@@ -130,6 +130,11 @@ pub struct TrainConfig {
     /// it ends where the budget does on any machine (or at `epochs`, if that comes first).
     /// Every PublicTest evaluation counts against it.
     pub time_budget_minutes: f64,
+    /// Score PublicTest only from this fraction of the run on (by epochs, or time with a
+    /// budget; 0 = every epoch). The last epoch is always scored. Early in a one-cycle run the
+    /// best epoch is never chosen, so its evaluations are time a budget can train with
+    /// instead; schedules and stopping rules that read every epoch's score refuse it.
+    pub eval_from: f64,
     pub batch_size: usize,
     pub optimizer: OptimizerKind,
     pub lr: f64,
@@ -194,6 +199,7 @@ impl Default for TrainConfig {
         TrainConfig {
             epochs: 10,
             time_budget_minutes: 0.0,
+            eval_from: 0.0,
             batch_size: 400,
             optimizer: OptimizerKind::Adam,
             lr: 1e-3,
@@ -256,6 +262,12 @@ impl Config {
         anyhow::ensure!(t.eval_blur >= 0.0 && t.eval_blur_choices.iter().all(|&s| s >= 0.0), "blur sigmas must not be negative");
         anyhow::ensure!(t.average_from <= t.epochs, "average_from {} is past the last epoch ({})", t.average_from, t.epochs);
         anyhow::ensure!(t.time_budget_minutes >= 0.0 && t.time_budget_minutes.is_finite(), "time_budget_minutes must be a positive number of minutes (or 0 for none)");
+        anyhow::ensure!((0.0..1.0).contains(&t.eval_from), "eval_from {} must be at least 0 and below 1 (the last epoch is always scored)", t.eval_from);
+        anyhow::ensure!(
+            t.eval_from == 0.0 || (t.early_stopping_patience == 0 && !matches!(t.schedule, Schedule::Plateau { .. })),
+            "eval_from {}: early stopping and the plateau schedule read PublicTest after every epoch; set eval_from = 0 to use them",
+            t.eval_from
+        );
         anyhow::ensure!((0.0..1.0).contains(&t.ema_decay), "ema_decay {} must be at least 0 and below 1", t.ema_decay);
         if let Some(r) = t.progressive_resize {
             anyhow::ensure!(

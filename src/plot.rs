@@ -35,11 +35,11 @@ pub fn training_curves(dir: &Path, history: &[EpochMetrics]) -> anyhow::Result<(
     };
     let mut accuracy = vec![
         ("Training (augmented, while it trains)", pick(&|m| Some(100.0 * m.train_acc))),
-        ("PublicTest", pick(&|m| Some(100.0 * m.val_acc))),
+        ("PublicTest", pick(&|m| m.val_acc.map(|a| 100.0 * a))),
     ];
     let mut loss = vec![
         ("training objective (as configured: smoothed, distilled)", pick(&|m| Some(m.train_loss))),
-        ("PublicTest cross-entropy", pick(&|m| Some(m.val_loss))),
+        ("PublicTest cross-entropy", pick(&|m| m.val_loss)),
     ];
     if history.iter().any(|m| m.ema_val_acc.is_some()) {
         accuracy.push(("PublicTest, weight EMA", pick(&|m| m.ema_val_acc.map(|a| 100.0 * a))));

@@ -12,8 +12,11 @@ pub struct EpochMetrics {
     pub epoch: usize,
     pub train_loss: f64,
     pub train_acc: f64,
-    pub val_loss: f64,
-    pub val_acc: f64,
+    /// PublicTest at the epoch's end; none where `eval_from` skipped it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_loss: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_acc: Option<f64>,
     pub lr: f64,
     /// Wall time of the epoch, its PublicTest evaluations included.
     pub seconds: f64,

@@ -25,7 +25,7 @@ fn metrics(dir: &Path) -> Vec<EpochMetrics> {
 }
 
 /// Metrics without the wall-clock time, which legitimately differs between runs.
-fn numbers(m: &[EpochMetrics]) -> Vec<(usize, f64, f64, f64, f64)> {
+fn numbers(m: &[EpochMetrics]) -> Vec<(usize, f64, f64, Option<f64>, Option<f64>)> {
     m.iter().map(|m| (m.epoch, m.train_loss, m.train_acc, m.val_loss, m.val_acc)).collect()
 }
 
@@ -42,7 +42,7 @@ fn short_training_lowers_the_loss_and_writes_its_record() {
     assert!(m[3].train_loss < 0.8 * m[0].train_loss, "loss {} -> {}", m[0].train_loss, m[3].train_loss);
     assert!(summary.val_acc > 0.5, "the synthetic classes are easy: {}", summary.val_acc);
     // The summary's test score belongs to the best-on-PublicTest epoch.
-    let best = m.iter().map(|e| e.val_acc).fold(0.0, f64::max);
+    let best = m.iter().map(|e| e.val_acc.unwrap()).fold(0.0, f64::max);
     assert_eq!(summary.val_acc, best);
     for f in ["best.safetensors", "config.toml", "summary.json", "accuracy.png", "loss.png", "confusion_test.png", "last.json"] {
         assert!(dir.join(f).is_file(), "{f} written");
@@ -145,7 +145,8 @@ fn a_resumed_run_matches_an_uninterrupted_one_with_every_stochastic_lever_on() {
     tch::set_num_threads(1);
     let data = synthetic([140, 35, 35], 17);
     let runs = tempfile::tempdir().unwrap();
-    // AdamW, one-cycle, dropout, label smoothing, the weight EMA and average, crops, flips, erasing.
+    // AdamW, one-cycle, dropout, label smoothing, the weight EMA and average, crops, flips,
+    // erasing, and PublicTest scored from epoch 3 on (stopped at 2: before any epoch was scored).
     let first = |name: &str| {
         let mut c = tiny_config(name, 4);
         let layers = c.model.layers.as_mut().unwrap();
@@ -157,6 +158,7 @@ fn a_resumed_run_matches_an_uninterrupted_one_with_every_stochastic_lever_on() {
         t.label_smoothing = 0.1;
         t.ema_decay = 0.9;
         t.average_from = 3;
+        t.eval_from = 0.6;
         c.augment.crop_padding = 2;
         c.augment.hflip = true;
         c.augment.erasing = 0.25;
@@ -379,12 +381,12 @@ fn the_weight_ema_competes_each_epoch_and_survives_a_resume() {
     let dir = runs.path().join("ema");
     let history = metrics(&dir);
     let ema: Vec<f64> = history.iter().map(|m| m.ema_val_acc.expect("each epoch scores the EMA")).collect();
-    assert!(history.iter().any(|m| m.ema_val_loss != Some(m.val_loss)), "the EMA is other weights");
+    assert!(history.iter().any(|m| m.ema_val_loss != m.val_loss), "the EMA is other weights");
     // Each epoch's candidate is the better of the two; the run keeps the best candidate.
-    let best = history.iter().zip(&ema).map(|(m, &e)| m.val_acc.max(e)).fold(0.0, f64::max);
+    let best = history.iter().zip(&ema).map(|(m, &e)| m.val_acc.unwrap().max(e)).fold(0.0, f64::max);
     assert_eq!(whole.val_acc, best);
     let at_best = &history[whole.best_epoch - 1];
-    assert_eq!(whole.ema, at_best.ema_val_acc.unwrap() > at_best.val_acc);
+    assert_eq!(whole.ema, at_best.ema_val_acc.unwrap() > at_best.val_acc.unwrap());
     assert_eq!(whole.weights_in_words().contains("EMA"), whole.ema);
     let model = Trained::load(&dir, tch::Device::Cpu).unwrap();
     assert_eq!(model.evaluate(&data.split(Split::PublicTest)).accuracy, whole.val_acc);
@@ -409,7 +411,7 @@ fn the_weight_average_competes_on_publictest_and_survives_a_resume() {
     let whole = train(&config, &data, &opts(runs.path())).unwrap();
     let average = whole.average.clone().expect("the run kept a weight average");
     assert_eq!((average.first_epoch, average.epochs), (2, 3));
-    let best = metrics(&runs.path().join("averaged")).iter().map(|e| e.val_acc).fold(0.0, f64::max);
+    let best = metrics(&runs.path().join("averaged")).iter().map(|e| e.val_acc.unwrap()).fold(0.0, f64::max);
     assert_eq!(average.best_epoch_val_acc, best);
     assert_eq!(average.chosen, average.val_acc > best);
     assert_eq!(whole.val_acc, if average.chosen { average.val_acc } else { best });
@@ -435,4 +437,55 @@ fn the_weight_average_competes_on_publictest_and_survives_a_resume() {
     let parts = train(&config, &data, &TrainOptions { resume: true, ..opts(runs.path()) }).unwrap();
     let resumed = parts.average.expect("the resumed run kept its weight average");
     assert_eq!((resumed.epochs, resumed.val_acc, resumed.val_loss), (3, average.val_acc, average.val_loss));
+}
+
+#[test]
+fn eval_from_scores_publictest_late_and_always_at_the_end_without_changing_the_training() {
+    let _rng = serial();
+    tch::set_num_threads(1);
+    let data = synthetic([64, 32, 32], 6);
+    let runs = tempfile::tempdir().unwrap();
+    let history = |name: &str| -> Vec<fer::record::EpochMetrics> {
+        let lines = std::fs::read_to_string(runs.path().join(name).join("metrics.jsonl")).unwrap();
+        lines.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    // By epochs: of 4, from 60% on, so epochs 3 and 4.
+    let mut c = tiny_config("every", 4);
+    train(&c, &data, &opts(runs.path())).unwrap();
+    c.name = "late".into();
+    c.train.eval_from = 0.6;
+    let late = train(&c, &data, &opts(runs.path())).unwrap();
+    let (every, skipped) = (history("every"), history("late"));
+    assert_eq!(skipped.iter().map(|m| m.val_acc.is_some()).collect::<Vec<_>>(), [false, false, true, true]);
+    assert!(skipped.iter().all(|m| m.val_loss.is_some() == m.val_acc.is_some() && m.eval_seconds.is_some() == m.val_acc.is_some()));
+    // Skipping an evaluation changes no step: the training is the same, and so are the scores
+    // of the epochs both runs scored.
+    let train_side = |h: &[fer::record::EpochMetrics]| h.iter().map(|m| (m.train_loss, m.train_acc, m.lr)).collect::<Vec<_>>();
+    assert_eq!(train_side(&every), train_side(&skipped));
+    assert_eq!(every[2..].iter().map(|m| m.val_acc).collect::<Vec<_>>(), skipped[2..].iter().map(|m| m.val_acc).collect::<Vec<_>>());
+    // The best epoch is one that was scored, and the summary is its score.
+    assert!(late.best_epoch >= 3, "best epoch {}", late.best_epoch);
+    assert_eq!(Some(late.val_acc), skipped[late.best_epoch - 1].val_acc);
+    assert_eq!(late.val_acc, skipped.iter().filter_map(|m| m.val_acc).fold(0.0, f64::max));
+    // With a time budget: by time, and the epoch the budget ends is scored.
+    let mut b = tiny_config("late-budget", 100_000);
+    b.train.schedule = fer::train::optim::Schedule::Linear { warmup: 0.2, start_factor: 0.1 };
+    b.train.time_budget_minutes = 0.02;
+    b.train.eval_from = 0.8;
+    let s = train(&b, &data, &opts(runs.path())).unwrap();
+    let h = history("late-budget");
+    assert_eq!(h.len(), s.epochs);
+    assert!(h.last().unwrap().val_acc.is_some(), "the last epoch is scored");
+    assert!(h.len() < 3 || h[0].val_acc.is_none(), "the first epoch of many is not");
+    assert!(h[s.best_epoch - 1].val_acc.is_some());
+    // What would read an unscored epoch refuses it, and so does a run that is never scored early.
+    let mut stop = tiny_config("x", 4);
+    stop.train.eval_from = 1.0;
+    assert!(fer::config::Config::parse(&stop.to_toml()).unwrap_err().to_string().contains("below 1"));
+    stop.train.eval_from = 0.5;
+    stop.train.early_stopping_patience = 2;
+    assert!(fer::config::Config::parse(&stop.to_toml()).unwrap_err().to_string().contains("early stopping"));
+    stop.train.early_stopping_patience = 0;
+    stop.train.schedule = fer::train::optim::Schedule::Plateau { patience: 1, factor: 0.5, min_lr: 0.0 };
+    assert!(fer::config::Config::parse(&stop.to_toml()).unwrap_err().to_string().contains("plateau"));
 }

@@ -124,9 +124,9 @@ pub fn time_to_accuracy(path: &Path, runs: &[std::path::PathBuf], labels: &[Stri
         let pts: Vec<(f64, f64)> = run
             .metrics
             .iter()
-            .map(|m| {
+            .filter_map(|m| {
                 t += m.seconds / 60.0;
-                (t, 100.0 * m.val_acc)
+                m.val_acc.map(|a| (t, 100.0 * a))
             })
             .collect();
         anyhow::ensure!(!pts.is_empty(), "{}: no metrics.jsonl to plot", dir.display());
@@ -172,9 +172,10 @@ pub fn curves(path: &Path, dir: &Path) -> anyhow::Result<()> {
     let (panels, below) = root.split_vertically(410);
     let (left, right) = panels.split_horizontally(550);
     let epochs = run.metrics.len() as f64;
-    type Pick = fn(&crate::record::EpochMetrics) -> f64;
+    // PublicTest's values are missing for the epochs `eval_from` did not score.
+    type Pick = fn(&crate::record::EpochMetrics) -> Option<f64>;
     let panel = |area: &DrawingArea<BitMapBackend, Shift>, title: &str, y_desc: &str, train: Pick, val: Pick| -> anyhow::Result<()> {
-        let values = run.metrics.iter().flat_map(|m| [train(m), val(m)]);
+        let values = run.metrics.iter().flat_map(|m| [train(m), val(m)]).flatten();
         let (lo, hi) = values.fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
         let pad = (hi - lo) * 0.08 + 1e-6;
         let mut chart = ChartBuilder::on(area)
@@ -186,12 +187,12 @@ pub fn curves(path: &Path, dir: &Path) -> anyhow::Result<()> {
             .map_err(err)?;
         chart.configure_mesh().x_desc("epoch").y_desc(y_desc).label_style((FONT, 15)).axis_desc_style((FONT, 17)).draw().map_err(err)?;
         for (pick, color) in [(train, PALETTE[0]), (val, PALETTE[1])] {
-            chart.draw_series(LineSeries::new(run.metrics.iter().map(|m| (m.epoch as f64, pick(m))), color.stroke_width(2))).map_err(err)?;
+            chart.draw_series(LineSeries::new(run.metrics.iter().filter_map(|m| pick(m).map(|v| (m.epoch as f64, v))), color.stroke_width(2))).map_err(err)?;
         }
         Ok(())
     };
-    panel(&left, "Accuracy", "accuracy (%)", |m| 100.0 * m.train_acc, |m| 100.0 * m.val_acc)?;
-    panel(&right, "Loss", "loss", |m| m.train_loss, |m| m.val_loss)?;
+    panel(&left, "Accuracy", "accuracy (%)", |m| Some(100.0 * m.train_acc), |m| m.val_acc.map(|a| 100.0 * a))?;
+    panel(&right, "Loss", "loss", |m| Some(m.train_loss), |m| m.val_loss)?;
     let (a, b) = below.split_horizontally(550);
     legend(&a, &[("Training: accuracy on the augmented batches; loss = the training objective".into(), PALETTE[0], true)])?;
     legend(&b, &[("PublicTest: accuracy; loss = plain cross-entropy".into(), PALETTE[1], true)])?;

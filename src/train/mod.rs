@@ -110,7 +110,7 @@ impl Budget {
             seconds: config.train.time_budget_minutes * 60.0,
             epochs: config.train.epochs,
             spent: history.iter().map(|m| m.seconds).sum(),
-            eval_seconds: EVAL_MARGIN * history.last().and_then(|m| m.eval_seconds).unwrap_or(0.0),
+            eval_seconds: EVAL_MARGIN * history.iter().rev().find_map(|m| m.eval_seconds).unwrap_or(0.0),
             estimate: None,
         }
     }
@@ -138,8 +138,20 @@ impl Budget {
 
     fn epoch_done(&mut self, metrics: &EpochMetrics) {
         self.spent += metrics.seconds;
-        // A margin, as evaluations vary by a few tenths from one epoch to the next.
-        self.eval_seconds = EVAL_MARGIN * metrics.eval_seconds.unwrap_or(0.0);
+        // A margin, as evaluations vary by a few tenths from one epoch to the next; an epoch
+        // that skipped PublicTest (`eval_from`) leaves the last evaluation's time held back.
+        if let Some(eval) = metrics.eval_seconds {
+            self.eval_seconds = EVAL_MARGIN * eval;
+        }
+    }
+
+    /// How far into the run `epoch` ends, `in_epoch` seconds into it: by time with a budget,
+    /// else by epochs.
+    fn fraction(&self, epoch: usize, in_epoch: f64) -> f64 {
+        match self.seconds > 0.0 {
+            true => (self.spent + in_epoch) / self.seconds,
+            false => epoch as f64 / self.epochs as f64,
+        }
     }
 
     /// `30`, or with a budget the estimate so far (`~9.4`).
@@ -300,34 +312,45 @@ pub fn train(config: &Config, data: &Dataset, opts: &TrainOptions) -> anyhow::Re
             "epoch {epoch}: the augmentation worker stopped after {seen} of {n} faces (see the error above); rerun with --resume to redo the epoch"
         );
 
+        // `eval_from` skips PublicTest early in the run; the last epoch is always scored. With a
+        // budget, an epoch that leaves less than a tenth of itself is the last: a next one
+        // would end before its first step, after an epoch that may not have been scored.
+        let in_epoch = started.elapsed().as_secs_f64();
+        let skips = config.train.eval_from > 0.0;
+        if skips && clock.total_epochs(epoch as f64, 1.1 * in_epoch).is_none() {
+            state.budget_spent = true;
+        }
+        let scored = !skips || state.budget_spent || epoch == config.train.epochs || clock.fraction(epoch, in_epoch) >= config.train.eval_from;
         let eval_started = Instant::now();
-        let val = model.evaluate(&val_faces);
-        let ema_val = ema.as_ref().map(|e| e.model.evaluate(&val_faces));
-        let eval_seconds = eval_started.elapsed().as_secs_f64();
+        let val = scored.then(|| model.evaluate(&val_faces));
+        let ema_val = ema.as_ref().filter(|_| scored).map(|e| e.model.evaluate(&val_faces));
+        let eval_seconds = scored.then(|| eval_started.elapsed().as_secs_f64());
         epoch_start = Instant::now();
         let metrics = EpochMetrics {
             epoch,
             train_loss: loss_sum / seen as f64,
             train_acc: correct as f64 / seen as f64,
-            val_loss: val.loss,
-            val_acc: val.accuracy,
+            val_loss: val.as_ref().map(|v| v.loss),
+            val_acc: val.as_ref().map(|v| v.accuracy),
             lr: optimizer.lr,
             seconds: (epoch_start - started).as_secs_f64(),
-            eval_seconds: Some(eval_seconds),
+            eval_seconds,
             ema_val_acc: ema_val.as_ref().map(|e| e.accuracy),
             ema_val_loss: ema_val.as_ref().map(|e| e.loss),
             fraction: (seen < n).then(|| seen as f64 / n as f64),
         };
         if !opts.quiet {
+            let val_words = match &val {
+                Some(v) => format!("val loss {:.4} acc {:.2}%", v.loss, 100.0 * v.accuracy),
+                None => "PublicTest not scored yet (eval_from)".into(),
+            };
             let ema_words = ema_val.as_ref().map_or(String::new(), |e| format!("  EMA {:.2}%", 100.0 * e.accuracy));
             let partial = metrics.fraction.map_or(String::new(), |f| format!("  ({:.0}% of an epoch: the time budget is spent)", 100.0 * f));
             println!(
-                "epoch {epoch:>3}/{}  train loss {:.4} acc {:.2}%  val loss {:.4} acc {:.2}%{ema_words}  {:.0}s{partial}",
+                "epoch {epoch:>3}/{}  train loss {:.4} acc {:.2}%  {val_words}{ema_words}  {:.0}s{partial}",
                 clock.epochs_in_words(),
                 metrics.train_loss,
                 100.0 * metrics.train_acc,
-                metrics.val_loss,
-                100.0 * metrics.val_acc,
                 metrics.seconds
             );
         }
@@ -335,32 +358,34 @@ pub fn train(config: &Config, data: &Dataset, opts: &TrainOptions) -> anyhow::Re
         // The best weights and the resumable checkpoint first, then the state naming both (the
         // commit point), then best.safetensors published from the committed best: a kill at
         // any point leaves `last.json` naming complete files, and a resume publishes again.
-        let ema_better = metrics.ema_val_acc.is_some_and(|e| e > metrics.val_acc);
-        let candidate = if ema_better { metrics.ema_val_acc.unwrap_or_default() } else { metrics.val_acc };
-        if epoch == 1 || candidate > state.best_val_acc {
-            state.best_val_acc = candidate;
-            state.best_epoch = epoch;
-            state.best_is_ema = ema_better;
-            state.plateau_bad_epochs = 0;
-            let best = format!("best-{epoch:04}.safetensors");
-            match (&ema, ema_better) {
-                (Some(ema), true) => ema.model.save(&dir.join(&best))?,
-                _ => model.save(&dir.join(&best))?,
-            }
-            state.best_weights = best;
-        } else {
-            state.plateau_bad_epochs += 1;
-            if let Schedule::Plateau { patience, factor, min_lr } = *schedule {
-                if state.plateau_bad_epochs > patience {
-                    state.plateau_lr = (state.plateau_lr * factor).max(min_lr);
-                    state.plateau_bad_epochs = 0;
+        if let Some(val_acc) = metrics.val_acc {
+            let ema_better = metrics.ema_val_acc.is_some_and(|e| e > val_acc);
+            let candidate = if ema_better { metrics.ema_val_acc.unwrap_or_default() } else { val_acc };
+            if state.best_epoch == 0 || candidate > state.best_val_acc {
+                state.best_val_acc = candidate;
+                state.best_epoch = epoch;
+                state.best_is_ema = ema_better;
+                state.plateau_bad_epochs = 0;
+                let best = format!("best-{epoch:04}.safetensors");
+                match (&ema, ema_better) {
+                    (Some(ema), true) => ema.model.save(&dir.join(&best))?,
+                    _ => model.save(&dir.join(&best))?,
                 }
-            }
-            let patience = config.train.early_stopping_patience;
-            if patience > 0 && epoch - state.best_epoch >= patience {
-                state.stopped_early = true;
-                if !opts.quiet {
-                    println!("early stop: no PublicTest gain for {patience} epochs (best epoch {})", state.best_epoch);
+                state.best_weights = best;
+            } else {
+                state.plateau_bad_epochs += 1;
+                if let Schedule::Plateau { patience, factor, min_lr } = *schedule {
+                    if state.plateau_bad_epochs > patience {
+                        state.plateau_lr = (state.plateau_lr * factor).max(min_lr);
+                        state.plateau_bad_epochs = 0;
+                    }
+                }
+                let patience = config.train.early_stopping_patience;
+                if patience > 0 && epoch - state.best_epoch >= patience {
+                    state.stopped_early = true;
+                    if !opts.quiet {
+                        println!("early stop: no PublicTest gain for {patience} epochs (best epoch {})", state.best_epoch);
+                    }
                 }
             }
         }
@@ -396,6 +421,12 @@ pub fn train(config: &Config, data: &Dataset, opts: &TrainOptions) -> anyhow::Re
     if state.epochs_done < config.train.epochs && !state.stopped_early && !state.budget_spent {
         anyhow::bail!("stopped after epoch {} of {}; continue with --resume", state.epochs_done, config.train.epochs);
     }
+    anyhow::ensure!(
+        state.best_epoch > 0,
+        "no epoch of {} was scored on PublicTest (eval_from {} came after the budget's end): lower eval_from and train it again with --fresh",
+        config.name,
+        config.train.eval_from
+    );
     finish(config, data, &dir, &state, &average, opts)
 }
 
@@ -510,7 +541,7 @@ fn choose(config: &Config, training: Option<&Faces>, val_faces: &Faces, dir: &Pa
     // (accuracy, loss) on PublicTest of the weights the scores use.
     let mut val = match (state.best_is_ema, best.ema_val_acc, best.ema_val_loss) {
         (true, Some(acc), Some(loss)) => (acc, loss),
-        _ => (best.val_acc, best.val_loss),
+        _ => (best.val_acc.expect("the best epoch was scored"), best.val_loss.expect("the best epoch was scored")),
     };
     let best_val_acc = val.0;
     // The weight average, where the run kept one, takes the best epoch's place only if it does
@@ -643,7 +674,7 @@ mod tests {
     use super::*;
 
     fn metrics(seconds: f64, eval_seconds: f64) -> EpochMetrics {
-        let m = EpochMetrics { epoch: 1, train_loss: 0.0, train_acc: 0.0, val_loss: 0.0, val_acc: 0.0, lr: 0.0, seconds, ..Default::default() };
+        let m = EpochMetrics { epoch: 1, train_loss: 0.0, train_acc: 0.0, val_loss: Some(0.0), val_acc: Some(0.0), lr: 0.0, seconds, ..Default::default() };
         EpochMetrics { eval_seconds: Some(eval_seconds), ..m }
     }
 
