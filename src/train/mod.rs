@@ -320,7 +320,7 @@ pub fn train(config: &Config, data: &Dataset, opts: &TrainOptions) -> anyhow::Re
         if skips && clock.total_epochs(epoch as f64, 1.1 * in_epoch).is_none() {
             state.budget_spent = true;
         }
-        let scored = !skips || state.budget_spent || epoch == config.train.epochs || clock.fraction(epoch, in_epoch) >= config.train.eval_from;
+        let scored = state.budget_spent || epoch == config.train.epochs || clock.fraction(epoch, in_epoch) >= config.train.eval_from;
         let eval_started = Instant::now();
         let val = scored.then(|| model.evaluate(&val_faces));
         let ema_val = ema.as_ref().filter(|_| scored).map(|e| e.model.evaluate(&val_faces));
