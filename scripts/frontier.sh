@@ -8,10 +8,10 @@
 # the same network at full resolution (a stride-1 stem, taught by all four, with mixup) and born
 # again (taught by itself and two of the others), and the tiny recipe taught by the first three
 # accurate runs (three seeds), and nano taught by the small model (on a 40-minute budget, and for
-# 160 epochs); ships the accurate, tiny and nano runs best on PublicTest to models/, and when the
-# accurate one is the full-resolution network, the best of the others as models/small (BN
-# folded, with model.onnx checked in tract; each card also scores flip test-time augmentation
-# apart).
+# 160 epochs), and tiny taught by the shipped accurate model with flips inside it; ships the
+# accurate, tiny and nano runs best on PublicTest to models/, and when the accurate one is the
+# full-resolution network, the best of the others as models/small (BN folded, with model.onnx
+# checked in tract; each card also scores flip test-time augmentation apart).
 # Interrupted runs resume; finished ones are skipped. Records go to results/frontier/.
 # About 36 hours on 2 CPU cores (estimated from the records, with teachers now in bf16: the
 # 120-epoch tiny runs about 65 minutes each, or 106 taught by three, accurate-long 103,
@@ -75,6 +75,9 @@ train tiny-ensemble 2
 train nano-distilled
 # The same for 160 epochs, about twice the epochs of the 40-minute budget.
 train nano-distilled-long
+# tiny taught for 160 epochs by the shipped accurate model (committed), which also scores each
+# crop's mirror image and teaches the mean of the two.
+train tiny-flip-teacher
 
 tiny=$(best_on_publictest tiny)
 nano=$(best_on_publictest nano)

@@ -126,12 +126,12 @@ TRAIN = dict(epochs=10, time_budget_minutes=0.0, batch_size=400, optimizer="adam
              momentum=0.9, nesterov=False, eval_batch_size=1000, schedule={"kind": "constant"},
              label_smoothing=0.0, focal_gamma=0.0, class_weighted=False, early_stopping_patience=0,
              grad_clip=0.0, input_size=SIDE, tta="none", eval_blur=0.0, eval_blur_choices=[], precision="f32",
-             teacher=None, average_from=0, ema_decay=0.0, progressive_resize=None, distill_temperature=4.0,
-             distill_weight=0.5)
+             teacher=None, average_from=0, ema_decay=0.0, progressive_resize=None, teacher_flip=False,
+             distill_temperature=4.0, distill_weight=0.5)
 TRAIN_DONE = {"epochs", "time_budget_minutes", "batch_size", "optimizer", "lr", "weight_decay", "momentum",
               "nesterov", "eval_batch_size", "schedule", "label_smoothing", "grad_clip", "tta", "precision",
               "ema_decay", "progressive_resize",
-              "distill_temperature", "distill_weight"}  # inert without a teacher, as in fer
+              "teacher_flip", "distill_temperature", "distill_weight"}  # inert without a teacher, as in fer
 AUGMENT = dict(crop_padding=0, hflip=False, rotate_degrees=0.0, scale=0.0, shift=0.0, brightness=0.0,
                contrast=0.0, erasing=0.0, mixup_alpha=0.0, cutmix_alpha=0.0)
 AUGMENT_DONE = {"crop_padding", "hflip"}

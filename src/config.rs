@@ -76,10 +76,13 @@ pub enum Tta {
     Flip,
     /// Four corner crops and the centre, and their mirrors: 10 passes (needs input_size < 48).
     TenCrop,
+    /// The face, and the face moved 2 pixels up-left and down-right (black coming in, as in the
+    /// training crops' padding), each also mirrored: 6 passes (airbench's TTA for CIFAR-10).
+    FlipShift,
 }
 
 impl std::fmt::Display for Tta {
-    /// As on the command line: none, flip, ten-crop.
+    /// As on the command line: none, flip, ten-crop, flip-shift.
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         let value = clap::ValueEnum::to_possible_value(self).expect("every kind has a name");
         f.write_str(value.get_name())
@@ -102,6 +105,7 @@ impl Tta {
             Tta::None => 1,
             Tta::Flip => 2,
             Tta::TenCrop => 10,
+            Tta::FlipShift => 6,
         }
     }
 }
@@ -187,6 +191,9 @@ pub struct TrainConfig {
     /// less (`{ start = 32, until = 0.5 }`: from 32x32 to `input_size` by half the run).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub progressive_resize: Option<ProgressiveResize>,
+    /// The teachers also see each face mirrored, and teach the mean of the two views: a more
+    /// accurate target, the same for a face and its mirror image (twice their cost).
+    pub teacher_flip: bool,
     /// Softmax temperature of the distillation term.
     pub distill_temperature: f64,
     /// Weight of the distillation term; the label loss gets 1 minus this.
@@ -222,6 +229,7 @@ impl Default for TrainConfig {
             average_from: 0,
             ema_decay: 0.0,
             progressive_resize: None,
+            teacher_flip: false,
             distill_temperature: 4.0,
             distill_weight: 0.5,
         }
@@ -280,6 +288,7 @@ impl Config {
         }
         anyhow::ensure!(t.distill_temperature > 0.0, "distill_temperature must be positive");
         anyhow::ensure!(t.teacher.as_ref().is_none_or(|t| !t.paths().is_empty()), "teacher: an empty list; leave it out to train without one");
+        anyhow::ensure!(!t.teacher_flip || t.teacher.is_some(), "teacher_flip needs a teacher (train.teacher)");
         Ok(config)
     }
 

@@ -11,17 +11,21 @@ use crate::nn::blur::blur;
 use crate::nn::model::Trained;
 use crate::record::TtaScore;
 
-/// Crop offsets (y, x) and mirroring of each test-time view of a 48x48 face.
+/// How far flip-shift moves the face: half the crop padding of the recipes that train with it
+/// (4), as airbench moves CIFAR-10 images by half of theirs.
+pub const TTA_SHIFT: i64 = 2;
+
+/// Crop offsets (y, x) and mirroring of each test-time view of a 48x48 face; an offset past the
+/// face's edge brings in black, as the training crops' padding does.
 fn views(side: i64, tta: Tta) -> Vec<(i64, i64, bool)> {
     let m = SIDE as i64 - side;
-    let centre = (m / 2, m / 2, false);
+    let c = m / 2;
+    let mirrored = |crops: &[(i64, i64)]| -> Vec<(i64, i64, bool)> { crops.iter().flat_map(|&(y, x)| [(y, x, false), (y, x, true)]).collect() };
     match tta {
-        Tta::None => vec![centre],
-        Tta::Flip => vec![centre, (m / 2, m / 2, true)],
-        Tta::TenCrop => {
-            let crops = [(0, 0), (0, m), (m, 0), (m, m), (m / 2, m / 2)];
-            crops.iter().flat_map(|&(y, x)| [(y, x, false), (y, x, true)]).collect()
-        }
+        Tta::None => vec![(c, c, false)],
+        Tta::Flip => mirrored(&[(c, c)]),
+        Tta::TenCrop => mirrored(&[(0, 0), (0, m), (m, 0), (m, m), (c, c)]),
+        Tta::FlipShift => mirrored(&[(c, c), (c - TTA_SHIFT, c - TTA_SHIFT), (c + TTA_SHIFT, c + TTA_SHIFT)]),
     }
 }
 
@@ -34,9 +38,16 @@ pub fn input_batches(faces: &Faces, batch_size: usize, device: Device, blur_sigm
     (0..n).step_by(batch).map(move |start| blur(&normalize(&x.narrow(0, start, (batch as i64).min(n - start)).to_device(device)), blur_sigma))
 }
 
-/// The `side` x `side` view of a batch at `(y, x)`, mirrored when `flip`.
+/// The `side` x `side` view of a normalised batch at `(y, x)`, mirrored when `flip`; where the
+/// window leaves the face, black (-1 once normalised) fills it.
 fn view(batch: &Tensor, (y, x, flip): (i64, i64, bool), side: i64) -> Tensor {
-    let v = batch.narrow(2, y, side).narrow(3, x, side);
+    let face = batch.size()[2];
+    let pad = [-y, -x, y + side - face, x + side - face].into_iter().max().unwrap_or(0).max(0);
+    let v = if pad == 0 {
+        batch.narrow(2, y, side).narrow(3, x, side)
+    } else {
+        ((batch + 1.0).constant_pad_nd([pad, pad, pad, pad]) - 1.0).narrow(2, y + pad, side).narrow(3, x + pad, side)
+    };
     if flip {
         v.flip([3])
     } else {

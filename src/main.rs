@@ -170,7 +170,8 @@ enum Command {
         #[arg(long, default_value = "PublicTest")]
         split: String,
         /// Test-time augmentation: the mean of the face and its mirror image (flip, 2 forward
-        /// passes), or of ten crops (ten-crop, 10 passes; models trained on crops under 48x48).
+        /// passes), of ten crops (ten-crop, 10 passes; models trained on crops under 48x48), or of
+        /// the face and its mirror, each also moved 2 pixels both ways (flip-shift, 6 passes).
         #[arg(long, value_enum, default_value = "none")]
         tta: fer::config::Tta,
         /// Also write the confusion matrix here (PNG).

@@ -111,6 +111,22 @@ fn a_student_learns_from_the_teacher_alone() {
     let summary = train(&taught_by_two, &mislabelled, &opts(runs.path())).unwrap();
     assert!(summary.val_acc > 0.5, "the student learned the classes from the ensemble: {}", summary.val_acc);
 
+    // A teacher that also sees the mirror image teaches the mean of the two views: the same
+    // target for a face and its mirror, which one view alone does not give.
+    let one = Trained::load(&teacher, tch::Device::Cpu).unwrap();
+    let x = fer::eval::input_batches(&data.split(Split::PublicTest), 16, tch::Device::Cpu, 0.0).next().unwrap();
+    let teachers = [one];
+    let flipped = fer::train::teach(&teachers, &x, true);
+    let by_hand = fer::eval::combine(&tch::no_grad(|| [x.shallow_clone(), x.flip([3])].map(|v| tch::nn::ModuleT::forward_t(&teachers[0].net, &v, false))));
+    assert!(flipped.allclose(&by_hand, 1e-5, 1e-5, false), "the mean of the face's and the mirror's scores");
+    assert!(flipped.allclose(&fer::train::teach(&teachers, &x.flip([3]), true), 1e-5, 1e-5, false), "a face and its mirror are taught alike");
+    assert!(!fer::train::teach(&teachers, &x, false).allclose(&flipped, 1e-4, 1e-4, false), "one view alone teaches otherwise");
+    let mut flip_taught = student.clone();
+    flip_taught.name = "flip-taught".into();
+    flip_taught.train.teacher_flip = true;
+    let summary = train(&flip_taught, &mislabelled, &opts(runs.path())).unwrap();
+    assert!(summary.val_acc > 0.5, "the student learned the classes from the mirrored teacher: {}", summary.val_acc);
+
     // A teacher that is not there, alone or in an ensemble, is a clear error naming it, not a
     // silent undistilled run.
     let missing = runs.path().join("missing").display().to_string();

@@ -246,6 +246,10 @@ erasing = 0.25
     assert_eq!(Config::parse(&ensemble.to_toml()).unwrap(), ensemble);
     assert_eq!(c.train.teacher, Some(Teacher::One("runs/some-teacher".into())));
     assert!(Config::parse(&text.replace("\"runs/some-teacher\"", "[]")).unwrap_err().to_string().contains("teacher"));
+    // Mirroring the teachers' views needs teachers.
+    assert!(Config::parse(&text.replace("distill_weight = 0.7", "distill_weight = 0.7\nteacher_flip = true")).unwrap().train.teacher_flip);
+    let untaught = common::tiny_config("untaught", 1).to_toml().replace("teacher_flip = false", "teacher_flip = true");
+    assert!(Config::parse(&untaught).unwrap_err().to_string().contains("teacher_flip needs a teacher"));
 }
 
 #[test]
@@ -319,6 +323,32 @@ fn ten_crop_views_average_to_probabilities() {
     let by_hand = fer::eval::combine(&outs);
     assert!(by_hand.allclose(&log_p, 1e-5, 1e-5, false), "ten-crop is the mean over the ten views");
     assert!(!fer::eval::combine(&outs[..5]).allclose(&log_p, 1e-5, 1e-5, false), "five views would not do");
+}
+
+#[test]
+fn flip_shift_views_are_the_face_moved_both_ways_with_black_coming_in() {
+    let c = common::tiny_config("flip-shift", 1);
+    assert_eq!(c.train.input_size, 48, "the views move a whole face, so black comes in");
+    let m = Trained::new(&c, tch::Device::Cpu).unwrap();
+    let f = synthetic([0, 0, 5], 3).split(Split::PrivateTest);
+    let log_p = m.logits_with(&f, Tta::FlipShift);
+    assert_eq!(Tta::FlipShift.views(), 6);
+    let x = fer::eval::input_batches(&f, 100, tch::Device::Cpu, 0.0).next().unwrap();
+    // By hand: the face on a black border 2 pixels wide, read at the centre and 2 pixels either way.
+    let s = fer::eval::TTA_SHIFT;
+    let framed = tch::Tensor::full([5, 1, 48 + 2 * s, 48 + 2 * s], -1.0, (tch::Kind::Float, tch::Device::Cpu));
+    framed.narrow(2, s, 48).narrow(3, s, 48).copy_(&x);
+    let mut outs = Vec::new();
+    for o in [s, 0, 2 * s] {
+        let moved = framed.narrow(2, o, 48).narrow(3, o, 48);
+        for view in [moved.shallow_clone(), moved.flip([3])] {
+            outs.push(tch::no_grad(|| tch::nn::ModuleT::forward_t(&m.net, &view, false)));
+        }
+    }
+    assert!(fer::eval::combine(&outs).allclose(&log_p, 1e-5, 1e-5, false), "flip-shift is the mean over the six views");
+    assert!(!fer::eval::combine(&outs[..2]).allclose(&log_p, 1e-5, 1e-5, false), "the shifted views count: flips alone differ");
+    let text = c.to_toml();
+    assert!(Config::parse(&text.replace("tta = \"none\"", "tta = \"flip_shift\"")).is_ok_and(|c| c.train.tta == Tta::FlipShift));
 }
 
 #[test]

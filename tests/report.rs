@@ -229,6 +229,32 @@ fn a_missing_record_fails_with_its_path() {
 }
 
 #[test]
+fn paired_recipes_are_compared_pair_by_pair() {
+    let root = tempfile::tempdir().unwrap();
+    copy_records(root.path());
+    let a = ["results/speedrun/ablation/speedrun-no-ema", "results/speedrun/ablation/speedrun-no-ema-seed1"];
+    let b = ["results/speedrun/ablation/speedrun-no-resize", "results/speedrun/ablation/speedrun-no-label-smoothing"];
+    let template = root.path().join("t.md.j2");
+    std::fs::write(&template, format!("{{% set p = paired({a:?}, {b:?}) %}}{{{{ p.n }}}} {{{{ p.val.mean }}}} {{{{ p.val.se }}}} {{{{ p.epochs.mean }}}} {{{{ p.pairs[1].b.val_acc }}}}\n")).unwrap();
+    let out = root.path().join("r");
+    fer::report::write(&fer::report::ReportInputs { template: Some(template), ..project_inputs(root.path(), &out) }).unwrap();
+    let text = std::fs::read_to_string(out.join("REPORT.md")).unwrap();
+    let got: Vec<f64> = text.split_whitespace().map(|w| w.parse().unwrap()).collect();
+    let summary = |p: &str| -> fer::record::Summary { serde_json::from_slice(&std::fs::read(root.path().join(p).join("summary.json")).unwrap()).unwrap() };
+    let gains: Vec<f64> = a.iter().zip(&b).map(|(a, b)| summary(b).val_acc - summary(a).val_acc).collect();
+    let epochs = a.iter().zip(&b).map(|(a, b)| summary(b).epochs as f64 - summary(a).epochs as f64).sum::<f64>() / 2.0;
+    // Two pairs: the standard error of the mean gain is half their difference's size.
+    let (mean, se) = ((gains[0] + gains[1]) / 2.0, (gains[0] - gains[1]).abs() / 2.0);
+    let want = [2.0, mean, se, epochs, summary(b[1]).val_acc];
+    assert!(got.iter().zip(want).all(|(g, w)| (g - w).abs() < 1e-9), "{got:?} against {want:?}");
+    // Recipes of unequal runs are not pairs.
+    let bad = root.path().join("bad.md.j2");
+    std::fs::write(&bad, format!("{{{{ paired({a:?}, {:?}).n }}}}\n", &b[..1])).unwrap();
+    let err = fer::report::write(&fer::report::ReportInputs { template: Some(bad), ..project_inputs(root.path(), &root.path().join("r2")) }).unwrap_err();
+    assert!(format!("{err:#}").contains("as many runs"), "{err:#}");
+}
+
+#[test]
 fn the_report_prints_to_a_pdf_whose_pages_are_not_blank() {
     let have = |tool: &str| std::process::Command::new(tool).arg("-v").output().is_ok();
     if !have("pdftoppm") || !["chromium", "chromium-browser", "google-chrome"].iter().any(|b| std::process::Command::new(b).arg("--version").output().is_ok()) {

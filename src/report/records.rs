@@ -162,6 +162,34 @@ pub fn noise_json(n: &Noise) -> Value {
     })
 }
 
+/// Two recipes trained in pairs, seed by seed and back to back (`scripts/speedrun.sh`): each
+/// pair's records (`a`, `b`) and b's gain over a (`val`, `tta_val`, `epochs`), and over the pairs
+/// the mean and spread of each gain with `se`, the standard error of its mean.
+pub fn paired_value(a_dirs: &[std::path::PathBuf], b_dirs: &[std::path::PathBuf]) -> anyhow::Result<Value> {
+    anyhow::ensure!(a_dirs.len() == b_dirs.len() && !a_dirs.is_empty(), "paired() needs as many runs of one recipe as of the other, and some: {} and {}", a_dirs.len(), b_dirs.len());
+    let (mut pairs, mut val, mut tta_val, mut epochs) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (a, b) in a_dirs.iter().zip(b_dirs) {
+        let (a, b) = (load_run(a)?, load_run(b)?);
+        let gain = (b.summary.val_acc - a.summary.val_acc, b.summary.epochs as f64 - a.summary.epochs as f64);
+        let tta_gain = a.summary.tta.as_ref().zip(b.summary.tta.as_ref()).map(|(ta, tb)| tb.val_acc - ta.val_acc);
+        val.push(gain.0);
+        epochs.push(gain.1);
+        tta_val.extend(tta_gain);
+        pairs.push(json!({ "a": run_json(&a)?, "b": run_json(&b)?, "val": gain.0, "tta_val": tta_gain, "epochs": gain.1 }));
+    }
+    let stat = |v: &[f64]| {
+        let (mean, std) = mean_std(v);
+        json!({ "mean": mean, "std": std, "se": std / (v.len() as f64).sqrt() })
+    };
+    Ok(json!({
+        "pairs": pairs,
+        "n": val.len(),
+        "val": stat(&val),
+        "tta_val": if tta_val.len() == val.len() { stat(&tta_val) } else { Value::Null },
+        "epochs": stat(&epochs),
+    }))
+}
+
 /// An ablation: its methods, its rows (each a run record with `on`, the methods it turns on),
 /// and what each method bought three ways (`added`, `alone`, `removed`: PublicTest and
 /// PrivateTest differences, null where the ablation has no such pair of rows).

@@ -169,6 +169,12 @@ pub fn environment(inputs: &ReportInputs, records: Arc<super::Records>, base: &P
     });
     let s = scope.clone();
     env.add_function("noise", move |paths: Vec<String>| value(records::noise_value(&paths.iter().map(|p| s.at(p)).collect::<Vec<_>>())));
+    // Recipe b against recipe a, trained in pairs: the i-th run of each is one pair.
+    let s = scope.clone();
+    env.add_function("paired", move |a: Vec<String>, b: Vec<String>| {
+        let at = |paths: &[String]| paths.iter().map(|p| s.at(p)).collect::<Vec<_>>();
+        value(records::paired_value(&at(&a), &at(&b)))
+    });
     let s = scope.clone();
     env.add_function("ablation", move |path: String| value(records::ablation_value(&s.at(&path))));
     // The records given on the command line, for the default template.

@@ -276,7 +276,7 @@ pub fn train(config: &Config, data: &Dataset, opts: &TrainOptions) -> anyhow::Re
             let out = model.net.forward_t(&xb, true);
             let mut loss = loss_fn.soft(&out, &targets);
             if !teachers.is_empty() {
-                let taught = tch::no_grad(|| combine(&teachers.iter().map(|t| t.net.forward_t(&xb, false)).collect::<Vec<_>>()));
+                let taught = teach(&teachers, &xb, config.train.teacher_flip);
                 let w = config.train.distill_weight;
                 loss = loss * (1.0 - w) + Loss::distill(&out, &taught, config.train.distill_temperature) * w;
             }
@@ -449,6 +449,13 @@ fn load_teachers(config: &Config, device: Device) -> anyhow::Result<Vec<Trained>
             Ok(teacher)
         })
         .collect()
+}
+
+/// What the teachers teach for a batch: the [`combine`]d scores of every teacher, over the batch
+/// and, with `flip`, its mirror image too.
+pub fn teach(teachers: &[Trained], xb: &Tensor, flip: bool) -> Tensor {
+    let views = if flip { vec![xb.shallow_clone(), xb.flip([3])] } else { vec![xb.shallow_clone()] };
+    tch::no_grad(|| combine(&teachers.iter().flat_map(|t| views.iter().map(|v| t.net.forward_t(v, false))).collect::<Vec<_>>()))
 }
 
 /// A resumed run must go on with the recipe it began with: its record claims one recipe for
