@@ -298,6 +298,114 @@ pub fn write_csv(data: &Dataset, out: &mut impl Write) -> std::io::Result<()> {
 }
 
 // ---------------------------------------------------------------------------------------
+// FER+ relabelling
+
+/// Where FER+ (`fer2013new.csv`) is found by default: beside the FER-2013 release.
+pub const FERPLUS_DEFAULT: &str = "../shared/data/ferplus/fer2013new.csv";
+
+/// FER+'s vote columns, and the FER-2013 class of each (contempt, unknown and not-a-face have none).
+const FERPLUS_COLUMNS: [(&str, Option<u8>); 10] = [
+    ("neutral", Some(6)),
+    ("happiness", Some(3)),
+    ("surprise", Some(5)),
+    ("sadness", Some(4)),
+    ("anger", Some(0)),
+    ("disgust", Some(1)),
+    ("fear", Some(2)),
+    ("contempt", None),
+    ("unknown", None),
+    ("NF", None),
+];
+
+/// FER+ (Barsoum et al., 2016): ten annotators' votes for every face of `fer2013.csv`, row for
+/// row. Per row: its Usage, and its majority label as a FER-2013 class, as the FER+ authors'
+/// "majority" mode has it (the emotion with more than half of the votes, once every emotion only
+/// one annotator chose is dropped); `None` where no emotion has that majority or where it is
+/// contempt, unknown or not a face.
+pub fn read_ferplus(path: &Path) -> Result<Vec<(Split, Option<u8>)>, DataError> {
+    let bytes = std::fs::read(path).map_err(|e| bad(path.display(), format!("cannot read: {e}")))?;
+    let name = path.display().to_string();
+    let mut reader = csv::ReaderBuilder::new().has_headers(true).from_reader(bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes));
+    let header = reader.headers().map_err(|e| bad(&name, format!("unreadable header: {e}")))?.clone();
+    let column = |want: &str| header.iter().position(|h| h.trim() == want);
+    let usage = column("Usage").ok_or_else(|| bad(format!("{name}, line 1"), "no Usage column: not FER+'s fer2013new.csv"))?;
+    let votes: Vec<(usize, Option<u8>)> = FERPLUS_COLUMNS
+        .iter()
+        .map(|&(c, class)| column(c).map(|i| (i, class)).ok_or_else(|| bad(format!("{name}, line 1"), format!("no `{c}` column: not FER+'s fer2013new.csv"))))
+        .collect::<Result<_, _>>()?;
+    let mut rows = Vec::new();
+    for (i, record) in reader.records().enumerate() {
+        let line = format!("{name}, line {}", i + 2);
+        let record = record.map_err(|e| bad(&line, format!("unreadable row: {e}")))?;
+        let split = Split::from_name(record.get(usage).unwrap_or("").trim()).ok_or_else(|| bad(&line, "Usage must be Training, PublicTest or PrivateTest"))?;
+        let counts: Vec<u32> = votes
+            .iter()
+            .map(|&(c, _)| record.get(c).unwrap_or("").trim().parse().map_err(|_| bad(&line, "vote counts must be whole numbers")))
+            .collect::<Result<_, _>>()?;
+        // As the FER+ authors do: an emotion only one annotator chose is an outlier, dropped.
+        let counts: Vec<u32> = counts.into_iter().map(|n| if n > 1 { n } else { 0 }).collect();
+        let total: u32 = counts.iter().sum();
+        let majority = counts.iter().position(|&n| 2 * n > total).and_then(|c| votes[c].1);
+        rows.push((split, majority));
+    }
+    Ok(rows)
+}
+
+/// How FER-2013's labels of one split agree with FER+'s majority labels.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LabelAgreement {
+    pub split: String,
+    pub faces: usize,
+    /// The faces FER+ gives a majority label among the seven expressions.
+    pub relabelled: usize,
+    /// Of those, the faces whose FER-2013 label is the same.
+    pub agree: usize,
+    pub agreement: f64,
+}
+
+/// Per split, how often FER-2013's label is FER+'s majority label: what a model that reproduced
+/// FER-2013's labels exactly would score against FER+.
+pub fn ferplus_agreement(data: &Dataset, ferplus: &[(Split, Option<u8>)]) -> Result<Vec<LabelAgreement>, DataError> {
+    data.check_ferplus_rows(ferplus)?;
+    Ok(Split::ALL
+        .iter()
+        .map(|&split| {
+            let rows = data.indices(split);
+            // FER+'s label beside FER-2013's, for the faces FER+ gives one.
+            let pairs: Vec<(u8, u8)> = rows.iter().filter_map(|&i| ferplus[i].1.map(|l| (l, data.labels[i]))).collect();
+            let agree = pairs.iter().filter(|(l, old)| l == old).count();
+            LabelAgreement { split: split.name().to_string(), faces: rows.len(), relabelled: pairs.len(), agree, agreement: agree as f64 / pairs.len().max(1) as f64 }
+        })
+        .collect())
+}
+
+impl Dataset {
+    /// The faces FER+ gives a majority label among FER-2013's seven, with that label instead of
+    /// FER-2013's (`ferplus` from [`read_ferplus`], one row per face of the whole release).
+    pub fn with_ferplus_labels(&self, ferplus: &[(Split, Option<u8>)]) -> Result<Dataset, DataError> {
+        self.check_ferplus_rows(ferplus)?;
+        let mut out = Dataset::default();
+        for (i, &(split, label)) in ferplus.iter().enumerate() {
+            if let Some(label) = label {
+                out.push(self.image(i), label, split, self.sources[i].clone());
+            }
+        }
+        Ok(out)
+    }
+
+    /// FER+ labels fer2013.csv row for row: the same number of faces, each in the same split.
+    fn check_ferplus_rows(&self, ferplus: &[(Split, Option<u8>)]) -> Result<(), DataError> {
+        if ferplus.len() != self.len() {
+            return Err(bad("FER+", format!("it labels {} faces, row for row, and this data set holds {}: FER+ needs the whole of fer2013.csv", ferplus.len(), self.len())));
+        }
+        match ferplus.iter().zip(&self.splits).position(|((theirs, _), ours)| theirs != ours) {
+            Some(i) => Err(bad(&self.sources[i], format!("FER+ row {} is in {} and this face in {}: the rows are not fer2013.csv's", i + 1, ferplus[i].0.name(), self.splits[i].name()))),
+            None => Ok(()),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // Image-folder release
 
 /// One face file of the image-folder release, before decoding.

@@ -174,6 +174,11 @@ enum Command {
         /// the face and its mirror, each also moved 2 pixels both ways (flip-shift, 6 passes).
         #[arg(long, value_enum, default_value = "none")]
         tta: fer::config::Tta,
+        /// Score against FER+'s majority labels (ten annotators a face; Microsoft's
+        /// fer2013new.csv, needs the whole release) instead of FER-2013's, over the faces whose
+        /// majority is one of the seven expressions.
+        #[arg(long, value_name = "FER2013NEW_CSV", num_args = 0..=1, default_missing_value = fer::data::FERPLUS_DEFAULT)]
+        ferplus: Option<PathBuf>,
         /// Also write the confusion matrix here (PNG).
         #[arg(long)]
         png: Option<PathBuf>,
@@ -360,6 +365,15 @@ enum DataCommand {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// How often FER-2013's labels are FER+'s majority labels (ten annotators a face), per split.
+    Ferplus {
+        /// Microsoft's FER+ relabelling, fer2013new.csv.
+        #[arg(long, default_value = fer::data::FERPLUS_DEFAULT)]
+        ferplus: PathBuf,
+        /// Also write the agreement here (JSON).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Write the data set as Kaggle's fer2013.csv (emotion,pixels,Usage).
     ExportCsv {
         #[arg(long, default_value = "fer2013.csv")]
@@ -511,6 +525,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             fer::train::augment::preview(&train, &cfg.augment, cfg.train.input_size, rows, per_face, seed, &out)?;
             println!("wrote {}", out.display());
         }
+        Command::Data { command: DataCommand::Ferplus { ferplus, out } } => {
+            let data = fer::data::load(&cli.data)?;
+            let agreement = fer::data::ferplus_agreement(&data, &fer::data::read_ferplus(&ferplus)?)?;
+            for a in &agreement {
+                println!("{}: FER+ gives {} of its {} faces a majority label among the seven; FER-2013's label is that label on {} ({:.2}%)", a.split, a.relabelled, a.faces, a.agree, 100.0 * a.agreement);
+            }
+            if let Some(out) = out {
+                fer::data::write_atomic(&out, format!("{}\n", serde_json::to_string_pretty(&agreement)?).as_bytes())?;
+                println!("written to {}", out.display());
+            }
+        }
         Command::Data { command: DataCommand::ExportCsv { out } } => {
             let data = fer::data::load(&cli.data)?;
             let mut bytes = Vec::with_capacity(data.len() * 9000);
@@ -518,7 +543,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             fer::data::write_atomic(&out, &bytes)?;
             println!("wrote {} faces to {}", data.len(), out.display());
         }
-        Command::Eval { model, split, tta, png, json } => {
+        Command::Eval { model, split, tta, ferplus, png, json } => {
             let split = Split::parse(&split).ok_or_else(|| anyhow::anyhow!("unknown split `{split}`"))?;
             let dirs = if model.is_empty() { vec![fer::models::default_folder()?] } else { model };
             let mut models = Vec::new();
@@ -527,7 +552,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 tta.check_input(trained.config.train.input_size).map_err(|e| anyhow::anyhow!("{}: {e}: try --tta flip", dir.display()))?;
                 models.push(trained);
             }
-            let data = fer::data::load(&cli.data)?;
+            let mut data = fer::data::load(&cli.data)?;
+            if let Some(path) = &ferplus {
+                let relabelled = data.with_ferplus_labels(&fer::data::read_ferplus(path)?)?;
+                let note = format!("FER+ majority labels ({}): {} of the {} faces of {split}", path.display(), relabelled.indices(split).len(), data.indices(split).len());
+                if json { eprintln!("{note}") } else { println!("{note}") }
+                data = relabelled;
+            }
             let faces = data.split(split);
             let eval = fer::eval::evaluate_faces(&fer::eval::ensemble_logits(&models, &faces, tta), &faces);
             if tta != fer::config::Tta::None || models.len() > 1 {

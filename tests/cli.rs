@@ -96,6 +96,10 @@ fn stats_export_train_eval_predict_end_to_end() {
     assert!(note.contains(&format!("an ensemble of 2 models: 2 forward passes, {} fvcore FLOPs a face", 2 * flops)), "{note}");
     let o = fer(d, &["--data", csv, "eval", "--model", "runs/tiny", "--tta", "ten-crop"]);
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("try --tta flip"));
+    // FER+ labels the whole of fer2013.csv row for row: a part of it is refused, with why.
+    std::fs::write(d.join("fer2013new.csv"), "Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF\nTraining,a.png,10,0,0,0,0,0,0,0,0,0\n").unwrap();
+    let o = fer(d, &["--data", csv, "eval", "--model", "runs/tiny", "--ferplus", "fer2013new.csv"]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("FER+ needs the whole of fer2013.csv"), "{}", String::from_utf8_lossy(&o.stderr));
 
     // `fer export --onnx`: a run becomes a model folder with a checked model.onnx.
     let out = stdout(&fer(d, &["--data", csv, "export", "runs/tiny", "--out", "shipped", "--onnx"]));

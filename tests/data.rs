@@ -291,3 +291,61 @@ fn real_data_exports_the_original_csv_and_has_leaked_test_faces() {
     assert_eq!(leaked(Split::PrivateTest), LEAKED_PRIVATE);
     assert_eq!(leaked(Split::PublicTest), LEAKED_PUBLIC);
 }
+
+const FERPLUS_HEADER: &str = "Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF";
+
+fn ferplus_file(dir: &Path, rows: &[&str]) -> std::path::PathBuf {
+    let path = dir.join("fer2013new.csv");
+    std::fs::write(&path, format!("{FERPLUS_HEADER}\n{}\n", rows.join("\n"))).unwrap();
+    path
+}
+
+#[test]
+fn ferplus_majority_labels_follow_the_authors_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    // Votes: neutral, happiness, surprise, sadness, anger, disgust, fear, contempt, unknown, NF.
+    let rows = [
+        "Training,a.png,3,0,0,0,6,0,1,0,0,0",     // anger 6 of 9 once fear's single vote goes
+        "Training,b.png,0,5,0,5,0,0,0,0,0,0",     // a tie: no majority
+        "PublicTest,c.png,2,0,0,0,0,0,0,8,0,0",   // contempt: not one of FER-2013's seven
+        "PrivateTest,d.png,3,0,4,0,1,1,1,0,0,0",  // surprise: 4 of 10, but 4 of 7 without the single votes
+    ];
+    let ferplus = data::read_ferplus(&ferplus_file(dir.path(), &rows)).unwrap();
+    assert_eq!(ferplus, [(Split::Training, Some(0)), (Split::Training, None), (Split::PublicTest, None), (Split::PrivateTest, Some(5))]);
+
+    let d = synthetic([2, 1, 1], 4); // FER-2013 labels 0, 1, 0, 0
+    let relabelled = d.with_ferplus_labels(&ferplus).unwrap();
+    assert_eq!(relabelled.labels, [0, 5]);
+    assert_eq!(relabelled.splits, [Split::Training, Split::PrivateTest]);
+    assert_eq!(relabelled.image(1), d.image(3), "the faces keep their pixels");
+    let agreement = data::ferplus_agreement(&d, &ferplus).unwrap();
+    let counts: Vec<(usize, usize, usize)> = agreement.iter().map(|a| (a.faces, a.relabelled, a.agree)).collect();
+    assert_eq!(counts, [(2, 1, 1), (1, 0, 0), (1, 1, 0)], "FER-2013 says angry where FER+ says surprise");
+
+    // FER+ labels fer2013.csv row for row: another count or order of faces is refused.
+    let err = synthetic([3, 1, 1], 4).with_ferplus_labels(&ferplus).unwrap_err().to_string();
+    assert!(err.contains("labels 4 faces") && err.contains("holds 5"), "{err}");
+    let err = synthetic([1, 2, 1], 4).with_ferplus_labels(&ferplus).unwrap_err().to_string();
+    assert!(err.contains("row 2 is in Training") && err.contains("not fer2013.csv's"), "{err}");
+    // A file that is not FER+'s, or a row that is not votes, is named with the problem.
+    let other = dir.path().join("other.csv");
+    std::fs::write(&other, "emotion,pixels,Usage\n0,1 2,Training\n").unwrap();
+    assert!(data::read_ferplus(&other).unwrap_err().to_string().contains("not FER+'s fer2013new.csv"));
+    let bad = ferplus_file(dir.path(), &["Training,a.png,3,x,0,0,6,0,1,0,0,0"]);
+    let err = data::read_ferplus(&bad).unwrap_err().to_string();
+    assert!(err.contains("line 2") && err.contains("whole numbers"), "{err}");
+}
+
+#[test]
+fn real_data_labels_agree_with_ferplus_on_about_two_faces_in_three() {
+    let Some(path) = real_data() else { return };
+    let ferplus = Path::new(env!("CARGO_MANIFEST_DIR")).join(data::FERPLUS_DEFAULT);
+    if !ferplus.is_file() {
+        return common::skip(&format!("FER+ is not at {}", ferplus.display()));
+    }
+    let d = data::load(&path).unwrap();
+    let agreement = data::ferplus_agreement(&d, &data::read_ferplus(&ferplus).unwrap()).unwrap();
+    let private = &agreement[2];
+    // FER+ gives 3,137 PrivateTest faces a majority label among the seven; FER-2013 agrees on 2,114.
+    assert_eq!((private.split.as_str(), private.faces, private.relabelled, private.agree), ("PrivateTest", 3589, 3137, 2114));
+}
