@@ -10,29 +10,18 @@ onnxruntime and numpy live in the virtual environment .deps/onnxruntime, made on
 (about 20 MB from PyPI).
 """
 import json
-import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-VENV = ROOT / ".deps" / "onnxruntime"
+from script_env import rerun_in_venv
+
 PACKAGES = ["onnxruntime==1.23.2", "numpy"]
-
-
-def reexec_in_venv():
-    python = VENV / "bin" / "python"
-    if not python.exists():
-        print(f"installing {' '.join(PACKAGES)} into .deps/onnxruntime ...", file=sys.stderr)
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *PACKAGES], check=True)
-    sys.exit(subprocess.run([str(python), __file__, *sys.argv[1:]]).returncode)
-
 
 try:
     import numpy as np
     import onnxruntime as ort
 except ImportError:
-    reexec_in_venv()
+    rerun_in_venv(__file__, "onnxruntime", PACKAGES)
 
 
 def main():
