@@ -561,9 +561,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let faces = data.split(split);
             let eval = fer::eval::evaluate_faces(&fer::eval::ensemble_logits(&models, &faces, tta), &faces);
+            // What the views and models cost: each is one more forward pass.
+            let flops = models.iter().map(|m| m.flops_with(tta)).sum::<anyhow::Result<i64>>()?;
             if tta != fer::config::Tta::None || models.len() > 1 {
-                // What the extra views and models cost: each is one more forward pass.
-                let flops = models.iter().map(|m| m.flops_with(tta)).sum::<anyhow::Result<i64>>()?;
                 let what = match (models.len(), tta) {
                     (1, tta) => format!("{tta} test-time augmentation"),
                     (n, fer::config::Tta::None) => format!("an ensemble of {n} models"),
@@ -578,7 +578,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let name = dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(" + ");
             if json {
-                println!("{}", serde_json::to_string_pretty(&eval)?);
+                // The scores, and what was scored: the models, the views, the FLOPs of a face.
+                let mut record = serde_json::to_value(&eval)?;
+                record["models"] = serde_json::json!(dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>());
+                record["tta"] = serde_json::json!(tta.to_string());
+                record["forward_passes"] = serde_json::json!(models.len() * tta.views());
+                record["fvcore_flops"] = serde_json::json!(flops);
+                println!("{}", serde_json::to_string_pretty(&record)?);
             } else {
                 println!("{name} on {split}:\n{}", eval.tables());
             }

@@ -86,6 +86,7 @@ fn stats_export_train_eval_predict_end_to_end() {
     let flipped: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(flipped["samples"], 70);
     let flops = fer::nn::flops::count_config(&tiny_config("tiny", 3)).unwrap().fvcore_total;
+    assert_eq!((flipped["fvcore_flops"].as_i64(), flipped["forward_passes"].as_u64(), flipped["tta"].as_str()), (Some(2 * flops), Some(2), Some("flip")), "the record says what was scored");
     let note = String::from_utf8_lossy(&o.stderr);
     assert!(note.contains(&format!("2 forward passes, {} fvcore FLOPs a face", 2 * flops)), "{note}");
     // An ensemble of a model with itself is that model, at twice its FLOPs.
