@@ -576,17 +576,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 );
                 if json { eprintln!("{note}") } else { println!("{note}") }
             }
-            let name = dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(" + ");
+            let names: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
             if json {
                 // The scores, and what was scored: the models, the views, the FLOPs of a face.
                 let mut record = serde_json::to_value(&eval)?;
-                record["models"] = serde_json::json!(dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>());
+                record["models"] = serde_json::json!(names);
                 record["tta"] = serde_json::json!(tta.to_string());
                 record["forward_passes"] = serde_json::json!(models.len() * tta.views());
                 record["fvcore_flops"] = serde_json::json!(flops);
                 println!("{}", serde_json::to_string_pretty(&record)?);
             } else {
-                println!("{name} on {split}:\n{}", eval.tables());
+                println!("{} on {split}:\n{}", names.join(" + "), eval.tables());
             }
             if let Some(png) = png {
                 fer::plot::confusion_matrix(&png, &eval, split.name())?;

@@ -177,17 +177,19 @@ pub fn paired_value(a_dirs: &[std::path::PathBuf], b_dirs: &[std::path::PathBuf]
         tta_val.extend(tta_gain);
         pairs.push(json!({ "a": run_json(&a)?, "b": run_json(&b)?, "val": gain.0, "tta_val": tta_gain, "epochs": gain.1 }));
     }
-    let stat = |v: &[f64]| {
-        let (mean, std) = mean_std(v);
-        json!({ "mean": mean, "std": std, "se": std / (v.len() as f64).sqrt() })
-    };
     Ok(json!({
         "pairs": pairs,
         "n": val.len(),
-        "val": stat(&val),
-        "tta_val": if tta_val.len() == val.len() { stat(&tta_val) } else { Value::Null },
-        "epochs": stat(&epochs),
+        "val": stats_json(&val),
+        "tta_val": if tta_val.len() == val.len() { stats_json(&tta_val) } else { Value::Null },
+        "epochs": stats_json(&epochs),
     }))
+}
+
+/// The mean of some values, their standard deviation and `se`, the standard error of the mean.
+pub fn stats_json(v: &[f64]) -> Value {
+    let (mean, std) = mean_std(v);
+    json!({ "n": v.len(), "mean": mean, "std": std, "se": std / (v.len() as f64).sqrt() })
 }
 
 /// An ablation: its methods, its rows (each a run record with `on`, the methods it turns on),

@@ -175,6 +175,8 @@ pub fn environment(inputs: &ReportInputs, records: Arc<super::Records>, base: &P
         let at = |paths: &[String]| paths.iter().map(|p| s.at(p)).collect::<Vec<_>>();
         value(records::paired_value(&at(&a), &at(&b)))
     });
+    // The mean, standard deviation and standard error of a list of numbers.
+    env.add_function("spread", |values: Vec<f64>| Value::from_serialize(records::stats_json(&values)));
     let s = scope.clone();
     env.add_function("ablation", move |path: String| value(records::ablation_value(&s.at(&path))));
     // The records given on the command line, for the default template.
