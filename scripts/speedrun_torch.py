@@ -127,10 +127,10 @@ TRAIN = dict(epochs=10, time_budget_minutes=0.0, batch_size=400, optimizer="adam
              label_smoothing=0.0, focal_gamma=0.0, class_weighted=False, early_stopping_patience=0,
              grad_clip=0.0, input_size=SIDE, tta="none", eval_blur=0.0, eval_blur_choices=[], precision="f32",
              teacher=None, average_from=0, ema_decay=0.0, progressive_resize=None, teacher_flip=False,
-             distill_temperature=4.0, distill_weight=0.5)
+             distill_temperature=4.0, distill_weight=0.5, eval_from=0.0)
 TRAIN_DONE = {"epochs", "time_budget_minutes", "batch_size", "optimizer", "lr", "weight_decay", "momentum",
               "nesterov", "eval_batch_size", "schedule", "label_smoothing", "grad_clip", "tta", "precision",
-              "ema_decay", "progressive_resize",
+              "ema_decay", "progressive_resize", "eval_from",
               "teacher_flip", "distill_temperature", "distill_weight"}  # inert without a teacher, as in fer
 AUGMENT = dict(crop_padding=0, hflip=False, rotate_degrees=0.0, scale=0.0, shift=0.0, brightness=0.0,
                contrast=0.0, erasing=0.0, mixup_alpha=0.0, cutmix_alpha=0.0)
@@ -384,9 +384,16 @@ class Budget:
             return min(progress * for_steps / spent, self.epochs)
         return float(self.epochs)
 
+    def fraction(self, epoch, in_epoch):
+        """How far into the run `epoch` ends, `in_epoch` seconds into it (fer's `fraction`)."""
+        if self.seconds > 0:
+            return (self.spent + in_epoch) / self.seconds
+        return epoch / self.epochs
+
     def epoch_done(self, seconds, eval_seconds):
         self.spent += seconds
-        self.eval_seconds = eval_seconds
+        if eval_seconds is not None:  # an epoch that skipped PublicTest keeps the last one's
+            self.eval_seconds = eval_seconds
 
 
 @torch.no_grad() if torch else (lambda f: f)
@@ -455,6 +462,8 @@ def evaluate(model, x, y, batch_size, channels_last=False, flip=False):
 
 def best_candidate(line):
     """An epoch's candidate as fer picks it: the EMA's accuracy where it beats the weights'."""
+    if line.get("val_acc") is None:  # not scored (eval_from)
+        return -1.0
     ema = line.get("ema_val_acc")
     return max(line["val_acc"], ema) if ema is not None else line["val_acc"]
 
@@ -559,11 +568,19 @@ def train(args):
         if seen == 0 and budget_spent:
             break  # the budget ran out before this epoch's first step
 
+        # fer's eval_from (train/mod.rs): PublicTest skipped early in the run, the last epoch
+        # always scored; with a budget, an epoch leaving under a tenth of itself is the last.
+        in_epoch = time.perf_counter() - started
+        if t["eval_from"] > 0 and clock.total_epochs(epoch, 1.1 * in_epoch) is None:
+            budget_spent = True
+        is_scored = budget_spent or epoch == t["epochs"] or clock.fraction(epoch, in_epoch) >= t["eval_from"]
         eval_started = time.perf_counter()
-        val_acc, val_loss = evaluate(model, x_val, y_val, t["eval_batch_size"], args.channels_last)
-        ema_acc, ema_loss = (evaluate(ema, x_val, y_val, t["eval_batch_size"], args.channels_last)
-                             if ema is not None else (None, None))
-        eval_seconds = time.perf_counter() - eval_started
+        val_acc, val_loss, ema_acc, ema_loss, eval_seconds = None, None, None, None, None
+        if is_scored:
+            val_acc, val_loss = evaluate(model, x_val, y_val, t["eval_batch_size"], args.channels_last)
+            if ema is not None:
+                ema_acc, ema_loss = evaluate(ema, x_val, y_val, t["eval_batch_size"], args.channels_last)
+            eval_seconds = time.perf_counter() - eval_started
         seconds = time.perf_counter() - started  # the epoch's wall time, PublicTest included
         clock.epoch_done(seconds, eval_seconds)
         line = {"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / seen, "val_loss": val_loss,
@@ -578,15 +595,16 @@ def train(args):
         print(json.dumps(line), flush=True)
         metrics_file.write(json.dumps(line) + "\n")
         metrics_file.flush()
-        print(f"epoch {epoch}/~{total or epoch:.1f}: val {100 * val_acc:.2f}%"
-              + (f" EMA {100 * ema_acc:.2f}%" if ema is not None else "")
+        print(f"epoch {epoch}/~{total or epoch:.1f}: "
+              + (f"val {100 * val_acc:.2f}%" if is_scored else "PublicTest not scored yet (eval_from)")
+              + (f" EMA {100 * ema_acc:.2f}%" if ema_acc is not None else "")
               + f"  {seconds:.0f}s ({clock.spent:.0f}s)", file=sys.stderr)
 
         # The best epoch's weights, kept for flip TTA at the end; outside the epoch's seconds, as
         # fer saves best.safetensors after timing the epoch.
         ema_better = ema_acc is not None and ema_acc > val_acc
         candidate = ema_acc if ema_better else val_acc
-        if epoch == 1 or candidate > best:
+        if is_scored and candidate > best:
             best, best_epoch, best_is_ema = candidate, epoch, ema_better
             best_state = {k: v.clone() for k, v in (ema if ema_better else model).state_dict().items()}
         if budget_spent:
