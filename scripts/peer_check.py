@@ -19,10 +19,9 @@ import sys
 import zipfile
 from pathlib import Path
 
-from script_env import rerun_in_venv
+from script_env import ROOT, rerun_in_venv, venv_dir
 
-ROOT = Path(__file__).resolve().parent.parent
-VENV = ROOT / ".deps" / "peer"
+VENV = venv_dir("peer")
 PEER_VERSION = "25.10.3"
 PACKAGES = ["ai-edge-litert==2.3.0", "opencv-python-headless==5.1.0.95", "numpy"]
 CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]

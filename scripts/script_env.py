@@ -7,9 +7,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def venv_dir(name):
+    """Where the virtual environment `name` lives (also a place for what its script downloads)."""
+    return ROOT / ".deps" / name
+
+
 def rerun_in_venv(script, name, packages):
     """Runs `script` again, with this process's arguments, in .deps/<name> holding `packages`."""
-    venv = ROOT / ".deps" / name
+    venv = venv_dir(name)
     python = venv / "bin" / "python"
     if not python.exists():
         print(f"installing {' '.join(packages)} into .deps/{name} ...", file=sys.stderr)
