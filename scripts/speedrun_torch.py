@@ -127,7 +127,7 @@ TRAIN = dict(epochs=10, time_budget_minutes=0.0, batch_size=400, optimizer="adam
              label_smoothing=0.0, focal_gamma=0.0, class_weighted=False, early_stopping_patience=0,
              grad_clip=0.0, input_size=SIDE, tta="none", eval_blur=0.0, eval_blur_choices=[], precision="f32",
              teacher=None, average_from=0, ema_decay=0.0, progressive_resize=None, teacher_flip=False,
-             distill_temperature=4.0, distill_weight=0.5, eval_from=0.0)
+             distill_temperature=4.0, distill_weight=0.5, eval_from=0.0, whiten_stem=False)
 TRAIN_DONE = {"epochs", "time_budget_minutes", "batch_size", "optimizer", "lr", "weight_decay", "momentum",
               "nesterov", "eval_batch_size", "schedule", "label_smoothing", "grad_clip", "tta", "precision",
               "ema_decay", "progressive_resize", "eval_from",

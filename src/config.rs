@@ -198,6 +198,10 @@ pub struct TrainConfig {
     pub distill_temperature: f64,
     /// Weight of the distillation term; the label loss gets 1 minus this.
     pub distill_weight: f64,
+    /// The first convolution starts as the whitening of Training's patches (airbench's first
+    /// layer: the patches' principal directions and their negatives, each scaled to unit
+    /// variance) and is not trained; see `train/whiten.rs`.
+    pub whiten_stem: bool,
 }
 
 impl Default for TrainConfig {
@@ -232,6 +236,7 @@ impl Default for TrainConfig {
             teacher_flip: false,
             distill_temperature: 4.0,
             distill_weight: 0.5,
+            whiten_stem: false,
         }
     }
 }
@@ -289,6 +294,9 @@ impl Config {
         anyhow::ensure!(t.distill_temperature > 0.0, "distill_temperature must be positive");
         anyhow::ensure!(t.teacher.as_ref().is_none_or(|t| !t.paths().is_empty()), "teacher: an empty list; leave it out to train without one");
         anyhow::ensure!(!t.teacher_flip || t.teacher.is_some(), "teacher_flip needs a teacher (train.teacher)");
+        if t.whiten_stem {
+            crate::nn::model::stem(&config.layers()?)?;
+        }
         Ok(config)
     }
 

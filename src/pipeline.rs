@@ -118,7 +118,11 @@ pub fn run(opts: &PipelineOptions) -> anyhow::Result<PipelineRecord> {
     };
 
     let expect = if budget > 0.0 { format!("{:.0} minutes", budget + 1.0) } else { "as long as its epochs take".into() };
-    let (speedrun_dir, speedrun) = stage(&mut record, "speedrun", &format!("{} trained, PublicTest after each epoch", opts.speedrun.display()), &expect, || {
+    let scored = match speedrun_config.train.eval_from {
+        from if from > 0.0 => format!("PublicTest after each epoch of its last {:.0}%", 100.0 * (1.0 - from)),
+        _ => "PublicTest after each epoch".to_string(),
+    };
+    let (speedrun_dir, speedrun) = stage(&mut record, "speedrun", &format!("{} trained, {scored}", opts.speedrun.display()), &expect, || {
         train_or_resume(&speedrun_config, &data, &opts.runs)
     })?;
 

@@ -252,6 +252,89 @@ erasing = 0.25
     assert!(Config::parse(&untaught).unwrap_err().to_string().contains("teacher_flip needs a teacher"));
 }
 
+/// Faces whose neighbouring pixels are strongly correlated, as in real faces: seeded ramps in
+/// both directions with a little noise.
+fn smooth_faces(n: usize, seed: u64) -> fer::data::Faces {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut faces = fer::data::Faces::default();
+    for i in 0..n {
+        let (a, b, c) = (rng.f64() * 4.0 - 2.0, rng.f64() * 4.0 - 2.0, rng.f64() * 0.3);
+        for y in 0..SIDE {
+            for x in 0..SIDE {
+                let wave = (x as f64 * c + y as f64 * (0.3 - c)).sin() * 40.0;
+                let v = 128.0 + a * (x as f64 - 24.0) + b * (y as f64 - 24.0) + wave + rng.f64() * 6.0;
+                faces.pixels.push(v.clamp(0.0, 255.0) as u8);
+            }
+        }
+        faces.labels.push((i % NUM_CLASSES) as u8);
+    }
+    faces
+}
+
+/// The covariance of the columns of `[n, d]` rows.
+fn covariance(rows: &tch::Tensor) -> tch::Tensor {
+    let centred = rows - rows.mean_dim(0, true, tch::Kind::Double);
+    centred.transpose(0, 1).matmul(&centred) / rows.size()[0] as f64
+}
+
+#[test]
+fn the_whitening_stem_decorrelates_the_patches_it_sees() {
+    let faces = smooth_faces(300, 5);
+    let filters = fer::train::whiten::whitening_filters(&faces, 18, 3, 2, 1);
+    assert_eq!(filters.size(), [18, 1, 3, 3]);
+    // The patches exactly as a 3x3 stride-2 stem sees them.
+    let (pixels, _) = faces.tensors();
+    let x = fer::data::normalize(&pixels).to_kind(tch::Kind::Double);
+    let patches = x.im2col([3, 3], [1, 1], [1, 1], [2, 2]).transpose(1, 2).reshape([-1, 9]);
+    let raw = covariance(&patches);
+    let off_diagonal = |c: &tch::Tensor| (c - c.diag(0).diag_embed(0, -2, -1)).abs().max().double_value(&[]);
+    assert!(off_diagonal(&raw) > 0.5 * raw.diag(0).min().double_value(&[]), "the test's pixels are correlated");
+    // Filter 2i and 2i + 1 are one direction with both signs.
+    let rows = filters.to_kind(tch::Kind::Double).reshape([18, 9]);
+    let (even, odd) = (rows.slice(0, 0, 18, 2), rows.slice(0, 1, 18, 2));
+    assert!(even.allclose(&(-&odd), 0.0, 0.0, false));
+    // Through the directions, the patches are decorrelated, each at (nearly) unit variance,
+    // the largest first: variance / (variance + eps) falls with the variance.
+    let out = covariance(&patches.matmul(&even.transpose(0, 1)));
+    assert!(off_diagonal(&out) < 1e-4, "decorrelated: {}", off_diagonal(&out));
+    let variances: Vec<f64> = Vec::<f64>::try_from(out.diag(0)).unwrap();
+    assert!(variances.iter().all(|&v| v > 0.0 && v <= 1.0), "{variances:?}");
+    assert!(variances.windows(2).all(|w| w[0] >= w[1] - 1e-9), "largest variance first: {variances:?}");
+    assert!(variances[0] > 0.99, "the strongest direction is whitened to unit variance: {variances:?}");
+    // A narrower stem takes the strongest directions.
+    let four = fer::train::whiten::whitening_filters(&faces, 8, 3, 2, 1);
+    assert!(four.allclose(&filters.narrow(0, 0, 8), 1e-6, 1e-6, false));
+}
+
+#[test]
+fn the_whitening_stem_is_frozen_in_training_and_needs_a_plain_stem() {
+    tch::set_num_threads(1);
+    let data = synthetic([128, 32, 32], 8);
+    let mut c = common::tiny_config("whiten", 3);
+    c.train.whiten_stem = true;
+    assert_eq!(Config::parse(&c.to_toml()).unwrap(), c, "the lever round-trips through a config file");
+    let runs = tempfile::tempdir().unwrap();
+    train(&c, &data, &common::opts(runs.path())).unwrap();
+    let trained = Trained::load(&runs.path().join("whiten"), tch::Device::Cpu).unwrap();
+    let untrained = Trained::new(&c, tch::Device::Cpu).unwrap();
+    let vars = trained.vs.variables();
+    // The tiny net's stem has 8 filters: the 4 strongest directions, each with both signs, as
+    // they were before the first step.
+    let expected = fer::train::whiten::whitening_filters(&data.split(Split::Training), 8, 3, 2, 1);
+    assert!(vars["0.weight"].allclose(&expected, 1e-6, 1e-6, false), "the stem was not trained");
+    assert!(!vars["3.weight"].allclose(&untrained.vs.variables()["3.weight"], 1e-3, 1e-3, false), "the layers after it were");
+    // Without it the stem trains; a network that does not start with a plain convolution refuses.
+    c.train.whiten_stem = false;
+    c.name = "plain".into();
+    train(&c, &data, &common::opts(runs.path())).unwrap();
+    let plain = Trained::load(&runs.path().join("plain"), tch::Device::Cpu).unwrap();
+    assert!(!plain.vs.variables()["0.weight"].allclose(&expected, 1e-3, 1e-3, false));
+    let pooled = "name = \"p\"\n[model.convnet]\nwidths = [8]\ninput_pool = 2\n[train]\nwhiten_stem = true\n";
+    let err = Config::parse(pooled).unwrap_err().to_string();
+    assert!(err.contains("whiten_stem") && err.contains("input_pool = 1"), "{err}");
+    assert!(Config::parse(&pooled.replace("input_pool = 2", "input_pool = 1")).is_ok());
+}
+
 #[test]
 fn progressive_resizing_grows_the_faces_and_needs_global_pooling() {
     let resize = fer::config::ProgressiveResize { start: 24, until: 0.5 };

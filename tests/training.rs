@@ -159,6 +159,7 @@ fn a_resumed_run_matches_an_uninterrupted_one_with_every_stochastic_lever_on() {
         t.ema_decay = 0.9;
         t.average_from = 3;
         t.eval_from = 0.6;
+        t.whiten_stem = true;
         c.augment.crop_padding = 2;
         c.augment.hflip = true;
         c.augment.erasing = 0.25;
@@ -284,7 +285,7 @@ fn config_round_trips_through_toml() {
 fn every_config_builds_and_the_front_keeps_its_budgets() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
     let mut files = Vec::new();
-    for dir in [root.clone(), root.join("ablation"), root.join("frontier")] {
+    for dir in [root.clone(), root.join("ablation"), root.join("frontier"), root.join("speedrun-trials"), root.join("speedrun-ablation")] {
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "toml") {
@@ -308,6 +309,26 @@ fn every_config_builds_and_the_front_keeps_its_budgets() {
             assert!((flops.fvcore_total as f64) <= budget, "{}: {} FLOPs", path.display(), flops.fvcore_total);
         }
     }
+}
+
+/// The report and README give the shipped speedrun's figures from the records of the trial it was
+/// chosen as (t7's seeds, trained in pairs against t9): the shipped config must be the recipe
+/// those records measured, and the thirty-minute one the same recipe at three times the budget.
+#[test]
+fn the_shipped_speedrun_is_the_recipe_its_records_measured() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let load = |path: &str| fer::config::Config::load(&root.join(path)).unwrap();
+    let shipped = load("configs/speedrun.toml");
+    for seed in ["", "-seed1", "-seed2"] {
+        let mut measured = load(&format!("results/speedrun/t9-paired/speedrun-t7{seed}/config.toml"));
+        assert_eq!(measured.seed, shipped.seed + if seed.is_empty() { 0 } else { seed[5..].parse::<u64>().unwrap() });
+        (measured.name, measured.seed) = (shipped.name.clone(), shipped.seed);
+        assert_eq!(measured, shipped, "configs/speedrun.toml is not the recipe of its records (seed{seed})");
+    }
+    let mut thirty = load("configs/speedrun-30.toml");
+    assert_eq!(thirty.train.time_budget_minutes, 3.0 * shipped.train.time_budget_minutes);
+    (thirty.name, thirty.train.time_budget_minutes) = (shipped.name.clone(), shipped.train.time_budget_minutes);
+    assert_eq!(thirty, shipped, "configs/speedrun-30.toml is configs/speedrun.toml at thirty minutes");
 }
 
 #[test]

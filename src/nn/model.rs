@@ -434,6 +434,18 @@ impl ConvNet {
     }
 }
 
+/// The stem a whitening replaces (`train.whiten_stem`): the network's first layer, a plain
+/// convolution of the face. Its output channels, kernel, stride and padding, or why the network
+/// has no such stem.
+pub fn stem(layers: &[Layer]) -> anyhow::Result<(i64, i64, i64, i64)> {
+    match layers.first() {
+        Some(&Layer::Conv { out, kernel, stride, padding, groups: 1, .. }) => Ok((out, kernel, stride, padding.unwrap_or(kernel / 2))),
+        other => anyhow::bail!(
+            "whiten_stem needs a network whose first layer is a plain convolution of the face, not {other:?} (with model.convnet, set input_pool = 1)"
+        ),
+    }
+}
+
 /// The competition's baseline: 7 conv + ReLU (pool after conv 3, 5, 7), 6 linear layers.
 pub fn baseline() -> Vec<Layer> {
     let mut layers = Vec::new();

@@ -175,6 +175,11 @@ pub fn environment(inputs: &ReportInputs, records: Arc<super::Records>, base: &P
         let at = |paths: &[String]| paths.iter().map(|p| s.at(p)).collect::<Vec<_>>();
         value(records::paired_value(&at(&a), &at(&b)))
     });
+    // The record folders of a run and its other seeds, as `fer train --seed N` names them:
+    // `seed_runs("r", 3)` is ["r", "r-seed1", "r-seed2"].
+    env.add_function("seed_runs", |run: String, n: usize| -> Vec<String> {
+        (0..n).map(|i| if i == 0 { run.clone() } else { format!("{run}-seed{i}") }).collect()
+    });
     // The mean, standard deviation and standard error of a list of numbers.
     env.add_function("spread", |values: Vec<f64>| Value::from_serialize(records::stats_json(&values)));
     let s = scope.clone();

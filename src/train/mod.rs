@@ -28,6 +28,7 @@ pub mod average;
 pub mod ema;
 pub mod loss;
 pub mod optim;
+pub mod whiten;
 
 /// What `last.json` records: enough to resume exactly.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -196,6 +197,9 @@ pub fn train(config: &Config, data: &Dataset, opts: &TrainOptions) -> anyhow::Re
 
     tch::manual_seed(config.seed as i64);
     let model = Trained::new(config, opts.device)?;
+    if config.train.whiten_stem {
+        whiten::whiten_stem(&model, &train_faces)?;
+    }
     let mut optimizer = Optimizer::new(&model.vs, &config.train);
     let mut state = RunState::default();
     let mut average = WeightAverage::default();
