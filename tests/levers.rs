@@ -304,6 +304,17 @@ fn the_whitening_stem_decorrelates_the_patches_it_sees() {
     // A narrower stem takes the strongest directions.
     let four = fer::train::whiten::whitening_filters(&faces, 8, 3, 2, 1);
     assert!(four.allclose(&filters.narrow(0, 0, 8), 1e-6, 1e-6, false));
+    // A stem with a bias (no batch norm after it) is centred: the mean face's flat interior
+    // meets every filter at zero, and the weight is frozen while the bias trains.
+    let text = "name = \"b\"\n[model]\nlayers = [{ type = \"conv\", out = 6, stride = 2 }, { type = \"relu\" }, { type = \"global_avg_pool\" }, { type = \"linear\", out = 7 }]\n[train]\nwhiten_stem = true\n";
+    let model = Trained::new(&Config::parse(text).unwrap(), tch::Device::Cpu).unwrap();
+    fer::train::whiten::whiten_stem(&model, &faces).unwrap();
+    let vars = model.vs.variables();
+    assert!(!vars["0.weight"].requires_grad() && vars["0.bias"].requires_grad());
+    let mean = fer::data::normalize(&pixels).mean(tch::Kind::Float);
+    let flat = tch::Tensor::ones([1, 1, 9, 9], (tch::Kind::Float, tch::Device::Cpu)) * mean;
+    let response = flat.conv2d(&vars["0.weight"], Some(&vars["0.bias"]), [2], [1], [1], 1).narrow(2, 1, 3).narrow(3, 1, 3);
+    assert!(response.abs().max().double_value(&[]) < 1e-4, "{response}");
 }
 
 #[test]
