@@ -7,7 +7,7 @@
 
 use tch::{Kind, Tensor};
 
-use crate::data::{normalize, Faces};
+use crate::data::{normalize, Faces, SIDE};
 use crate::nn::model::{stem, Trained};
 
 /// Faces, spread evenly over Training, whose patches give the covariance: plenty for a 9x9
@@ -23,10 +23,19 @@ const EPS: f64 = 5e-3;
 /// Past `2 k²` filters there are no more directions: the stem's other filters keep their random
 /// start (frozen with the rest, they are fixed random projections of the patch).
 pub fn whitening_filters(faces: &Faces, out: i64, kernel: i64, stride: i64, padding: i64) -> Tensor {
+    whitening_of(&sample(faces), out, kernel, stride, padding)
+}
+
+/// Up to `SAMPLE_FACES` faces spread evenly over `faces`, normalised, `[n, 1, 48, 48]` in f64:
+/// only these become a tensor, not the whole split.
+fn sample(faces: &Faces) -> Tensor {
     let n = faces.len().min(SAMPLE_FACES);
-    let picks: Vec<i64> = (0..n).map(|i| (i * faces.len() / n) as i64).collect();
-    let (pixels, _) = faces.tensors();
-    let x = normalize(&pixels.index_select(0, &Tensor::from_slice(&picks))).to_kind(Kind::Double);
+    let pixels: Vec<u8> = (0..n).flat_map(|i| faces.image(i * faces.len() / n).iter().copied()).collect();
+    let side = SIDE as i64;
+    normalize(&Tensor::from_slice(&pixels).reshape([n as i64, 1, side, side])).to_kind(Kind::Double)
+}
+
+fn whitening_of(x: &Tensor, out: i64, kernel: i64, stride: i64, padding: i64) -> Tensor {
     let dims = kernel * kernel;
     let patches = x.im2col([kernel, kernel], [1, 1], [padding, padding], [stride, stride]).transpose(1, 2).reshape([-1, dims]);
     let centred = &patches - patches.mean_dim(0, true, Kind::Double);
@@ -41,17 +50,17 @@ pub fn whitening_filters(faces: &Faces, out: i64, kernel: i64, stride: i64, padd
 
 /// Writes the whitening into `model`'s stem and freezes the stem's weight (the optimizer takes
 /// only what needs a gradient). A bias, where the stem has one (no batch norm), starts at
-/// minus the filters' response to the mean patch and is trained.
+/// minus the filters' response to the sample's mean patch and is trained.
 pub fn whiten_stem(model: &Trained, faces: &Faces) -> anyhow::Result<()> {
     let (out, kernel, stride, padding) = stem(&model.config.layers()?)?;
-    let filters = whitening_filters(faces, out, kernel, stride, padding).to_device(model.vs.device());
+    let x = sample(faces);
+    let filters = whitening_of(&x, out, kernel, stride, padding).to_device(model.vs.device());
     let vars = model.vs.variables();
     let weight = vars.get("0.weight").ok_or_else(|| anyhow::anyhow!("the stem has no weight named 0.weight"))?.shallow_clone();
     let written = filters.size()[0];
     tch::no_grad(|| weight.narrow(0, 0, written).copy_(&filters));
     if let Some(bias) = vars.get("0.bias") {
-        let (pixels, _) = faces.tensors();
-        let mean = normalize(&pixels).mean(Kind::Float).double_value(&[]);
+        let mean = x.mean(Kind::Double).double_value(&[]);
         // The mean patch is flat: each filter answers it with `mean` times its weights' sum.
         let response = weight.sum_dim_intlist([1i64, 2, 3].as_slice(), false, Kind::Float) * mean;
         tch::no_grad(|| bias.shallow_clone().copy_(&-response));
