@@ -8,7 +8,7 @@
 # the same network at full resolution (a stride-1 stem, taught by all four, with mixup) and born
 # again (taught by itself and two of the others), and the tiny recipe taught by the first three
 # accurate runs (three seeds), and nano taught by the small model (on a 40-minute budget, and for
-# 160 epochs), and tiny taught by the shipped accurate model with flips inside it; ships the
+# 160 epochs), and tiny taught by the shipped accurate model with flips inside it (240 epochs); ships the
 # accurate, tiny and nano runs best on PublicTest to models/, and when the accurate one is the
 # full-resolution network, the best of the others as models/small (BN folded, with model.onnx
 # checked in tract; each card also scores flip test-time augmentation apart).
@@ -75,8 +75,9 @@ train tiny-ensemble 2
 train nano-distilled
 # The same for 160 epochs, about twice the epochs of the 40-minute budget.
 train nano-distilled-long
-# tiny taught for 160 epochs by the shipped accurate model (committed), which also scores each
-# crop's mirror image and teaches the mean of the two.
+# tiny taught for 240 epochs by the shipped accurate model (committed), which also scores each
+# crop's mirror image and teaches the mean of the two; its scores for every view of every face
+# are computed once first (the teacher cache, about two hours), then each epoch is tiny's own.
 train tiny-flip-teacher
 
 tiny=$(best_on_publictest tiny)

@@ -194,6 +194,11 @@ pub struct TrainConfig {
     /// The teachers also see each face mirrored, and teach the mean of the two views: a more
     /// accurate target, the same for a face and its mirror image (twice their cost).
     pub teacher_flip: bool,
+    /// The teachers score every view a face can be given (every crop and mirror image) once,
+    /// before training, and keep the scores in `runs/teacher-cache/`; training looks them up
+    /// instead of running the teachers (see `train/teacher_cache.rs`). Needs an augmentation
+    /// of crops and flips alone, at full size.
+    pub teacher_cache: bool,
     /// Softmax temperature of the distillation term.
     pub distill_temperature: f64,
     /// Weight of the distillation term; the label loss gets 1 minus this.
@@ -234,6 +239,7 @@ impl Default for TrainConfig {
             ema_decay: 0.0,
             progressive_resize: None,
             teacher_flip: false,
+            teacher_cache: false,
             distill_temperature: 4.0,
             distill_weight: 0.5,
             whiten_stem: false,
@@ -294,6 +300,32 @@ impl Config {
         anyhow::ensure!(t.distill_temperature > 0.0, "distill_temperature must be positive");
         anyhow::ensure!(t.teacher.as_ref().is_none_or(|t| !t.paths().is_empty()), "teacher: an empty list; leave it out to train without one");
         anyhow::ensure!(!t.teacher_flip || t.teacher.is_some(), "teacher_flip needs a teacher (train.teacher)");
+        if t.teacher_cache {
+            anyhow::ensure!(t.teacher.is_some(), "teacher_cache needs a teacher (train.teacher)");
+            let a = &config.augment;
+            let other = [
+                ("augment.rotate_degrees", a.rotate_degrees),
+                ("augment.scale", a.scale),
+                ("augment.shift", a.shift),
+                ("augment.brightness", a.brightness),
+                ("augment.contrast", a.contrast),
+                ("augment.erasing", a.erasing),
+                ("augment.mixup_alpha", a.mixup_alpha),
+                ("augment.cutmix_alpha", a.cutmix_alpha),
+            ];
+            let mut uncached: Vec<String> = other.iter().filter(|(_, v)| *v != 0.0).map(|(k, v)| format!("{k} = {v}")).collect();
+            if t.input_size != crate::data::SIDE {
+                uncached.push(format!("train.input_size = {}", t.input_size));
+            }
+            if t.progressive_resize.is_some() {
+                uncached.push("train.progressive_resize".into());
+            }
+            anyhow::ensure!(
+                uncached.is_empty(),
+                "teacher_cache keeps the teachers' scores for each crop and mirror image of a 48x48 face, and this recipe makes other views too ({}): turn those off, or teacher_cache",
+                uncached.join(", ")
+            );
+        }
         if t.whiten_stem {
             crate::nn::model::stem(&config.layers()?)?;
         }

@@ -379,3 +379,87 @@ fn shipped_models_run_the_same_in_onnxruntime() {
         assert_eq!(same, faces.len(), "{}: the same label on every face", path.display());
     }
 }
+
+#[test]
+fn a_teacher_cache_teaches_what_the_teachers_would_and_builds_once() {
+    use fer::train::augment::{make_batch, render_view, AugmentConfig};
+    use fer::train::teacher_cache::TeacherCache;
+    tch::set_num_threads(1);
+    let data = synthetic([40, 14, 14], 5);
+    let faces = data.split(Split::Training);
+    let runs = tempfile::tempdir().unwrap();
+    let augment = AugmentConfig { crop_padding: 2, hflip: true, ..Default::default() };
+
+    // The views a batch records draw its images again, so a view is all the cache needs.
+    let order: Vec<i64> = (0..faces.len() as i64).rev().collect();
+    let batch = make_batch(&faces, &order, 48, &augment, 11, true);
+    assert_eq!(batch.indices, order);
+    let mut drawn = vec![0f32; fer::data::PIXELS];
+    for (k, (&i, &view)) in batch.indices.iter().zip(&batch.views).enumerate() {
+        render_view(faces.image(i as usize), &mut drawn, view);
+        assert_eq!(&batch.images[k * drawn.len()..(k + 1) * drawn.len()], &drawn[..], "face {i} as {view:?}");
+    }
+    assert!(batch.views.iter().any(|v| v.mirrored) && batch.views.iter().any(|v| v.dx != 0 || v.dy != 0), "crops and flips were drawn");
+
+    // Two teachers, as training runs them: folded, in bfloat16.
+    let teachers: Vec<Trained> = [1u64, 2]
+        .iter()
+        .map(|&seed| {
+            let mut config = tiny_config("teacher", 1);
+            config.seed = seed;
+            tch::manual_seed(seed as i64);
+            let mut t = fold(&Trained::new(&config, tch::Device::Cpu).unwrap()).unwrap();
+            t.net.bf16_inference = true;
+            t
+        })
+        .collect();
+    let cache = TeacherCache::open_or_build(&teachers, &faces, &augment, false, runs.path(), tch::Device::Cpu, true).unwrap();
+    let x = Tensor::from_slice(&batch.images).reshape([faces.len() as i64, 1, 48, 48]);
+    for flip in [false, true] {
+        let looked_up = cache.teach(&batch.indices, &batch.views, flip);
+        let computed = fer::train::teach(&teachers, &x, flip);
+        let soft = |s: &Tensor| (s / 4.0).softmax(-1, Kind::Float);
+        let gap = (soft(&looked_up) - soft(&computed)).abs().max().double_value(&[]);
+        assert!(gap < 1e-3, "flip {flip}: the cache teaches what the teachers do, up to bfloat16 rounding ({gap})");
+    }
+    assert!(!cache.teach(&batch.indices, &batch.views, false).allclose(&cache.teach(&batch.indices, &batch.views, true), 1e-3, 1e-3, false));
+
+    // Built once: a chunk's file is read again, not rescored; another teacher is another cache.
+    let dir = std::fs::read_dir(runs.path().join("teacher-cache")).unwrap().next().unwrap().unwrap().path();
+    let chunk = dir.join("chunk-0000.safetensors");
+    let written = std::fs::metadata(&chunk).unwrap().modified().unwrap();
+    let built = std::fs::read_to_string(dir.join("build.jsonl")).unwrap();
+    assert!(built.contains("\"views\":50"), "25 crops, each also mirrored: {built}");
+    TeacherCache::open_or_build(&teachers, &faces, &augment, false, runs.path(), tch::Device::Cpu, true).unwrap();
+    assert_eq!(std::fs::metadata(&chunk).unwrap().modified().unwrap(), written);
+    assert_eq!(std::fs::read_to_string(dir.join("build.jsonl")).unwrap(), built);
+    TeacherCache::open_or_build(&teachers[..1], &faces, &augment, false, runs.path(), tch::Device::Cpu, true).unwrap();
+    assert_eq!(std::fs::read_dir(runs.path().join("teacher-cache")).unwrap().count(), 2);
+    // A file cut short is an error that says how to recover, not scores read wrong.
+    std::fs::write(&chunk, b"cut").unwrap();
+    let err = TeacherCache::open_or_build(&teachers, &faces, &augment, false, runs.path(), tch::Device::Cpu, true).err().unwrap().to_string();
+    assert!(err.contains("delete it"), "{err}");
+
+    // In training: a student taught from the cache learns the classes from it alone, and the
+    // recipe refuses views the cache cannot hold.
+    let data = synthetic([280, 70, 70], 21);
+    let teacher_run = runs.path().join("teacher-run");
+    train(&tiny_config("teacher-run", 4), &data, &opts(runs.path())).unwrap();
+    let mut mislabelled = data.clone();
+    for (label, split) in mislabelled.labels.iter_mut().zip(&mislabelled.splits) {
+        if *split == Split::Training {
+            *label = 0;
+        }
+    }
+    let mut student = tiny_config("cached-student", 6);
+    student.train.teacher = Some(Teacher::One(teacher_run.display().to_string()));
+    student.train.distill_weight = 1.0;
+    student.train.teacher_cache = true;
+    student.train.teacher_flip = true;
+    student.augment = AugmentConfig { crop_padding: 1, ..Default::default() };
+    let summary = train(&student, &mislabelled, &opts(runs.path())).unwrap();
+    assert!(summary.val_acc > 0.5, "the student learned the classes from the cached teacher: {}", summary.val_acc);
+    let mixed = student.to_toml().replace("mixup_alpha = 0.0", "mixup_alpha = 0.2");
+    let err = Config::parse(&mixed).unwrap_err().to_string();
+    assert!(err.contains("teacher_cache") && err.contains("mixup_alpha"), "{err}");
+}

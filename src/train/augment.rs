@@ -35,12 +35,32 @@ pub struct AugmentConfig {
 }
 
 /// One training batch: images scaled to [-1, 1] (`side` x `side`), labels and, when mixed,
-/// soft targets `[n, 7]`.
+/// soft targets `[n, 7]`; and per face, which face of the split it is and the crop and flip it
+/// was given (what the teacher cache looks its scores up by).
 pub struct Batch {
     pub images: Vec<f32>,
     pub labels: Vec<i64>,
     pub targets: Vec<f32>,
     pub side: usize,
+    pub indices: Vec<i64>,
+    pub views: Vec<View>,
+}
+
+/// The crop offset (within `crop_padding`) and mirroring one face was given. Under an
+/// augmentation of crops and flips alone (at full size), it is the whole of what was done to
+/// the face: [`render_view`] draws the same image again.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct View {
+    pub dx: i64,
+    pub dy: i64,
+    pub mirrored: bool,
+}
+
+/// A 48x48 face as a view of it (crop offset and mirror) shows it, scaled to [-1, 1]: what the
+/// training batches hold for that view under crops and flips alone.
+pub fn render_view(img: &[u8], out: &mut [f32], view: View) {
+    place(img, out, SIDE, view.dx as f64, view.dy as f64, 0.0, 1.0, view.mirrored);
+    to_unit(out);
 }
 
 impl Batch {
@@ -89,14 +109,15 @@ pub fn beta(rng: &mut fastrand::Rng, alpha: f64) -> f64 {
     a / (a + b)
 }
 
-/// Augments one 48x48 u8 face into `out` (`side` x `side`, scaled to [-1, 1]).
-/// With `train` false it only takes the centre crop.
-pub fn augment_face(img: &[u8], out: &mut [f32], side: usize, cfg: &AugmentConfig, rng: &mut fastrand::Rng, train: bool) {
+/// Augments one 48x48 u8 face into `out` (`side` x `side`, scaled to [-1, 1]), and returns
+/// the crop offset and mirroring it drew. With `train` false it only takes the centre crop.
+pub fn augment_face(img: &[u8], out: &mut [f32], side: usize, cfg: &AugmentConfig, rng: &mut fastrand::Rng, train: bool) -> View {
     let full = SIDE as f64;
     let margin = (SIDE - side) as f64;
     // Where the output window sits in the source, and the affine map around its centre.
     let (mut ox, mut oy) = (margin / 2.0, margin / 2.0);
     let (mut angle, mut zoom, mut flip) = (0.0f64, 1.0f64, false);
+    let mut view = View::default();
     if train {
         if margin > 0.0 {
             ox = rng.usize(0..=SIDE - side) as f64;
@@ -104,8 +125,9 @@ pub fn augment_face(img: &[u8], out: &mut [f32], side: usize, cfg: &AugmentConfi
         }
         let p = cfg.crop_padding as i64;
         if p > 0 {
-            ox += rng.i64(-p..=p) as f64;
-            oy += rng.i64(-p..=p) as f64;
+            (view.dx, view.dy) = (rng.i64(-p..=p), rng.i64(-p..=p));
+            ox += view.dx as f64;
+            oy += view.dy as f64;
         }
         if cfg.shift > 0.0 {
             ox += uniform(rng, -cfg.shift, cfg.shift) * full;
@@ -118,7 +140,36 @@ pub fn augment_face(img: &[u8], out: &mut [f32], side: usize, cfg: &AugmentConfi
             zoom = uniform(rng, 1.0 - cfg.scale, 1.0 + cfg.scale);
         }
         flip = cfg.hflip && rng.bool();
+        view.mirrored = flip;
     }
+    place(img, out, side, ox, oy, angle, zoom, flip);
+    if train && (cfg.brightness > 0.0 || cfg.contrast > 0.0) {
+        let b = if cfg.brightness > 0.0 { uniform(rng, 1.0 - cfg.brightness, 1.0 + cfg.brightness) } else { 1.0 };
+        let c = if cfg.contrast > 0.0 { uniform(rng, 1.0 - cfg.contrast, 1.0 + cfg.contrast) } else { 1.0 };
+        let mean = out.iter().map(|&v| v as f64).sum::<f64>() / out.len() as f64;
+        for v in out.iter_mut() {
+            *v = ((((*v as f64 - mean) * c + mean) * b).clamp(0.0, 255.0)) as f32;
+        }
+    }
+    to_unit(out);
+    if train && cfg.erasing > 0.0 && rng.f64() < cfg.erasing {
+        let area = (side * side) as f64 * uniform(rng, 0.02, 0.33);
+        let ratio = uniform(rng, 0.3f64.ln(), 3.3f64.ln()).exp();
+        let h = ((area * ratio).sqrt().round() as usize).clamp(1, side);
+        let w = ((area / ratio).sqrt().round() as usize).clamp(1, side);
+        let (y0, x0) = (rng.usize(0..=side - h), rng.usize(0..=side - w));
+        for y in y0..y0 + h {
+            out[y * side + x0..y * side + x0 + w].fill(0.0);
+        }
+    }
+    view
+}
+
+/// Draws the `side` x `side` window at (`ox`, `oy`) of the 48x48 face into `out` (0-255),
+/// rotated by `angle` and scaled by `zoom` about its centre, mirrored if `flip`; zero outside
+/// the face, as the crops' padding.
+#[allow(clippy::too_many_arguments)]
+fn place(img: &[u8], out: &mut [f32], side: usize, ox: f64, oy: f64, angle: f64, zoom: f64, flip: bool) {
     let (sin, cos) = angle.sin_cos();
     let centre = (side as f64 - 1.0) / 2.0;
     let simple = angle == 0.0 && zoom == 1.0 && ox.fract() == 0.0 && oy.fract() == 0.0;
@@ -142,26 +193,12 @@ pub fn augment_face(img: &[u8], out: &mut [f32], side: usize, cfg: &AugmentConfi
             out[y * side + x] = v as f32;
         }
     }
-    if train && (cfg.brightness > 0.0 || cfg.contrast > 0.0) {
-        let b = if cfg.brightness > 0.0 { uniform(rng, 1.0 - cfg.brightness, 1.0 + cfg.brightness) } else { 1.0 };
-        let c = if cfg.contrast > 0.0 { uniform(rng, 1.0 - cfg.contrast, 1.0 + cfg.contrast) } else { 1.0 };
-        let mean = out.iter().map(|&v| v as f64).sum::<f64>() / out.len() as f64;
-        for v in out.iter_mut() {
-            *v = ((((*v as f64 - mean) * c + mean) * b).clamp(0.0, 255.0)) as f32;
-        }
-    }
+}
+
+/// 0-255 to the notebook's [-1, 1].
+fn to_unit(out: &mut [f32]) {
     for v in out.iter_mut() {
         *v = (*v / 255.0 - 0.5) / 0.5;
-    }
-    if train && cfg.erasing > 0.0 && rng.f64() < cfg.erasing {
-        let area = (side * side) as f64 * uniform(rng, 0.02, 0.33);
-        let ratio = uniform(rng, 0.3f64.ln(), 3.3f64.ln()).exp();
-        let h = ((area * ratio).sqrt().round() as usize).clamp(1, side);
-        let w = ((area / ratio).sqrt().round() as usize).clamp(1, side);
-        let (y0, x0) = (rng.usize(0..=side - h), rng.usize(0..=side - w));
-        for y in y0..y0 + h {
-            out[y * side + x0..y * side + x0 + w].fill(0.0);
-        }
     }
 }
 
@@ -186,8 +223,9 @@ pub fn make_batch(faces: &Faces, indices: &[i64], side: usize, cfg: &AugmentConf
     let px = side * side;
     let mut images = vec![0f32; n * px];
     let mut labels = Vec::with_capacity(n);
+    let mut views = Vec::with_capacity(n);
     for (k, &i) in indices.iter().enumerate() {
-        augment_face(faces.image(i as usize), &mut images[k * px..(k + 1) * px], side, cfg, &mut rng, train);
+        views.push(augment_face(faces.image(i as usize), &mut images[k * px..(k + 1) * px], side, cfg, &mut rng, train));
         labels.push(faces.labels[i as usize] as i64);
     }
     let mut targets = vec![0f32; n * NUM_CLASSES];
@@ -230,7 +268,7 @@ pub fn make_batch(faces: &Faces, indices: &[i64], side: usize, cfg: &AugmentConf
             }
         }
     }
-    Batch { images, labels, targets, side }
+    Batch { images, labels, targets, side, indices: indices.to_vec(), views }
 }
 
 /// Batches of one epoch, produced on a worker thread a few batches ahead of training.

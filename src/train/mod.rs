@@ -22,12 +22,14 @@ use average::WeightAverage;
 use ema::Ema;
 use loss::Loss;
 use optim::{Optimizer, Schedule};
+use teacher_cache::TeacherCache;
 
 pub mod augment;
 pub mod average;
 pub mod ema;
 pub mod loss;
 pub mod optim;
+pub mod teacher_cache;
 pub mod whiten;
 
 /// What `last.json` records: enough to resume exactly.
@@ -228,7 +230,14 @@ pub fn train(config: &Config, data: &Dataset, opts: &TrainOptions) -> anyhow::Re
     let lines: String = state.history.iter().map(|m| serde_json::to_string(m).unwrap() + "\n").collect();
     write_atomic(&metrics_path, lines.as_bytes())?;
 
-    let teachers = load_teachers(config, opts.device)?;
+    let mut teachers = load_teachers(config, opts.device)?;
+    let cache = match config.train.teacher_cache {
+        true => Some(TeacherCache::open_or_build(&teachers, &train_faces, &config.augment, config.train.teacher_flip, &opts.runs_dir, opts.device, opts.quiet)?),
+        false => None,
+    };
+    if cache.is_some() {
+        teachers.clear(); // the cache answers for them
+    }
     let counts = data.counts()[Split::Training as usize];
     let loss_fn = Loss::new(&config.train, &counts, opts.device);
     let train_faces = Arc::new(train_faces);
@@ -279,8 +288,11 @@ pub fn train(config: &Config, data: &Dataset, opts: &TrainOptions) -> anyhow::Re
             let targets = Tensor::from_slice(&batch_data.targets).reshape([len, NUM_CLASSES as i64]).to_device(opts.device);
             let out = model.net.forward_t(&xb, true);
             let mut loss = loss_fn.soft(&out, &targets);
-            if !teachers.is_empty() {
-                let taught = teach(&teachers, &xb, config.train.teacher_flip);
+            let taught = match &cache {
+                Some(cache) => Some(cache.teach(&batch_data.indices, &batch_data.views, config.train.teacher_flip).to_device(opts.device)),
+                None => (!teachers.is_empty()).then(|| teach(&teachers, &xb, config.train.teacher_flip)),
+            };
+            if let Some(taught) = taught {
                 let w = config.train.distill_weight;
                 loss = loss * (1.0 - w) + Loss::distill(&out, &taught, config.train.distill_temperature) * w;
             }
