@@ -8,10 +8,11 @@
 # the same network at full resolution (a stride-1 stem, taught by all four, with mixup) and born
 # again (taught by itself and two of the others), and the tiny recipe taught by the first three
 # accurate runs (three seeds), and nano taught by the small model (on a 40-minute budget, and for
-# 160 epochs), and tiny taught by the shipped accurate model with flips inside it (240 epochs); ships the
-# accurate, tiny and nano runs best on PublicTest to models/, and when the accurate one is the
-# full-resolution network, the best of the others as models/small (BN folded, with model.onnx
-# checked in tract; each card also scores flip test-time augmentation apart).
+# 160 epochs), and tiny and nano taught by the shipped accurate model with flips inside it (240
+# epochs, from the teacher cache); ships the accurate, tiny and nano runs best on PublicTest to
+# models/, and when the accurate one is the full-resolution network, the best of the others as
+# models/small (BN folded, with model.onnx checked in tract; each card also scores flip test-time
+# augmentation apart).
 # Interrupted runs resume; finished ones are skipped. Records go to results/frontier/.
 # About 36 hours on 2 CPU cores (estimated from the records, with teachers now in bf16: the
 # 120-epoch tiny runs about 65 minutes each, or 106 taught by three, accurate-long 103,
@@ -79,6 +80,8 @@ train nano-distilled-long
 # crop's mirror image and teaches the mean of the two; its scores for every view of every face
 # are computed once first (the teacher cache, about two hours), then each epoch is tiny's own.
 train tiny-flip-teacher
+# nano taught the same way, from the same cache.
+train nano-flip-teacher
 
 tiny=$(best_on_publictest tiny)
 nano=$(best_on_publictest nano)
