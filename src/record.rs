@@ -6,6 +6,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Tta;
 
+/// Appends `value` to a JSON-lines record (`metrics.jsonl`, a teacher cache's `build.jsonl`).
+pub fn append_json_line(path: &std::path::Path, value: &impl Serialize) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new().append(true).create(true).open(path)?;
+    writeln!(file, "{}", serde_json::to_string(value)?)?;
+    Ok(())
+}
+
 /// One line of `metrics.jsonl`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct EpochMetrics {

@@ -5,7 +5,6 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -429,8 +428,7 @@ pub fn train(config: &Config, data: &Dataset, opts: &TrainOptions) -> anyhow::Re
             publish_best(&dir, &state)?;
         }
         remove_stray_files(&dir, &state)?;
-        let mut f = std::fs::OpenOptions::new().append(true).create(true).open(&metrics_path)?;
-        writeln!(f, "{}", serde_json::to_string(&metrics)?)?;
+        crate::record::append_json_line(&metrics_path, &metrics)?;
     }
 
     crate::plot::training_curves(&dir, &state.history)?;

@@ -30,7 +30,6 @@ const CHUNK: usize = 512;
 /// Every view's scores, `[faces, teachers, views, 7]`, on the CPU.
 pub struct TeacherCache {
     scores: Tensor,
-    teachers: i64,
     padding: i64,
     mirrors: i64,
 }
@@ -76,7 +75,7 @@ impl TeacherCache {
                 save_atomic(&path, |tmp| Ok(Tensor::write_safetensors(&[("scores", &part)], tmp)?))?;
                 let took = started.elapsed().as_secs_f64();
                 let line = serde_json::json!({"chunk": c, "faces": part.size()[0], "views": views, "seconds": took});
-                append_line(&dir.join("build.jsonl"), &line.to_string())?;
+                crate::record::append_json_line(&dir.join("build.jsonl"), &line)?;
                 (scored, seconds) = (scored + 1, seconds + took);
                 if !quiet {
                     let left = seconds / scored as f64 * (missing - scored) as f64;
@@ -90,7 +89,7 @@ impl TeacherCache {
         let scores = Tensor::cat(&parts, 0);
         let expected = [faces.len() as i64, teachers.len() as i64, views, crate::data::NUM_CLASSES as i64];
         anyhow::ensure!(scores.size() == expected, "{}: scores of shape {:?}, expected {expected:?}; delete the folder to build it again", dir.display(), scores.size());
-        Ok(TeacherCache { scores, teachers: teachers.len() as i64, padding, mirrors })
+        Ok(TeacherCache { scores, padding, mirrors })
     }
 
     /// Where `view` is in a face's row of views.
@@ -103,7 +102,7 @@ impl TeacherCache {
     /// [`super::teach`] computes it from the images, the [`combine`]d scores of every teacher
     /// and, with `flip`, of the mirror image too.
     pub fn teach(&self, indices: &[i64], views: &[View], flip: bool) -> Tensor {
-        let (teachers, per_face) = (self.teachers, self.scores.size()[2]);
+        let (teachers, per_face) = (self.scores.size()[1], self.scores.size()[2]);
         let rows = self.scores.view([-1, crate::data::NUM_CLASSES as i64]);
         let mut members = Vec::new();
         for t in 0..teachers {
@@ -161,11 +160,4 @@ fn cache_dir(runs_dir: &Path, teachers: &[Trained], faces: &Faces, padding: i64,
 
 fn chunk_path(dir: &Path, chunk: usize) -> PathBuf {
     dir.join(format!("chunk-{chunk:04}.safetensors"))
-}
-
-fn append_line(path: &Path, line: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-    writeln!(file, "{line}")?;
-    Ok(())
 }
