@@ -311,7 +311,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
             let n = faces.len();
             let mut order: Vec<i64> = (0..n as i64).collect();
             fastrand::Rng::with_seed(0).shuffle(&mut order);
-            let aug = crate::train::augment::AugmentConfig { crop_padding: 4, hflip: true, ..Default::default() };
+            let aug = crate::config::AugmentConfig { crop_padding: 4, hflip: true, ..Default::default() };
             let rx = crate::train::augment::epoch_batches(faces, order, args.batch, 48, aug, 0, 1);
             let mut opt = Optimizer::new(&model.vs, &config.train);
             let (mut images, mut started) = (0usize, None);

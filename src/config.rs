@@ -3,9 +3,7 @@
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-use crate::train::augment::AugmentConfig;
 use crate::nn::model::{named, ConvNet, Layer, NAMED};
-use crate::train::optim::Schedule;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -373,5 +371,102 @@ impl Config {
             );
         }
         Ok(layers)
+    }
+}
+
+/// Every augmentation is off by default.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AugmentConfig {
+    /// Random crop with this much zero padding on each side (torchvision's RandomCrop(48, p)).
+    pub crop_padding: usize,
+    /// Mirror left-right with probability 1/2.
+    pub hflip: bool,
+    /// Random rotation in ±degrees.
+    pub rotate_degrees: f64,
+    /// Random scale in 1 ± scale.
+    pub scale: f64,
+    /// Random shift in ± this fraction of the side.
+    pub shift: f64,
+    /// Brightness factor in 1 ± brightness.
+    pub brightness: f64,
+    /// Contrast factor in 1 ± contrast (around the face's mean).
+    pub contrast: f64,
+    /// Probability of random erasing (a rectangle of 2-33% of the face set to 0 after scaling).
+    pub erasing: f64,
+    /// Mixup: blend pairs of faces and their labels with weight ~ Beta(alpha, alpha).
+    pub mixup_alpha: f64,
+    /// CutMix: paste a box from another face, labels blended by area, ratio ~ Beta(alpha, alpha).
+    pub cutmix_alpha: f64,
+}
+
+/// Learning-rate schedules. Step, cosine and one-cycle are functions of progress; the plateau
+/// schedule reacts to PublicTest accuracy and keeps its state in the run's checkpoint.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Schedule {
+    Constant,
+    /// Multiply by `gamma` every `every` epochs.
+    Step { every: usize, #[serde(default = "half")] gamma: f64 },
+    /// Linear warm-up over `warmup_epochs`, then cosine decay to `min_lr`.
+    Cosine {
+        #[serde(default)]
+        warmup_epochs: f64,
+        #[serde(default)]
+        min_lr: f64,
+    },
+    /// One-cycle (as PyTorch's OneCycleLR, cosine): up to lr over `pct_start`, then down.
+    OneCycle {
+        #[serde(default = "pct_start")]
+        pct_start: f64,
+        #[serde(default = "div_factor")]
+        div_factor: f64,
+        #[serde(default = "final_div_factor")]
+        final_div_factor: f64,
+    },
+    /// Up in a straight line from `base x start_factor` to `base` over the first `warmup` of
+    /// the run, then straight down to zero at its end: the speedruns' triangle.
+    Linear {
+        #[serde(default = "linear_warmup")]
+        warmup: f64,
+        #[serde(default = "start_factor")]
+        start_factor: f64,
+    },
+    /// Multiply by `factor` when PublicTest accuracy has not improved for `patience` epochs.
+    Plateau {
+        #[serde(default = "patience")]
+        patience: usize,
+        #[serde(default = "half")]
+        factor: f64,
+        #[serde(default)]
+        min_lr: f64,
+    },
+}
+
+fn half() -> f64 {
+    0.5
+}
+fn pct_start() -> f64 {
+    0.3
+}
+fn linear_warmup() -> f64 {
+    0.2
+}
+fn start_factor() -> f64 {
+    0.1
+}
+fn div_factor() -> f64 {
+    25.0
+}
+fn final_div_factor() -> f64 {
+    1e4
+}
+fn patience() -> usize {
+    2
+}
+
+impl Default for Schedule {
+    fn default() -> Self {
+        Schedule::Constant
     }
 }

@@ -15,7 +15,6 @@ pub mod calibrate;
 pub mod config;
 pub mod crash;
 pub mod data;
-pub mod eval;
 pub mod models;
 pub mod nn;
 pub mod pipeline;

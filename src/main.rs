@@ -560,7 +560,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 data = relabelled;
             }
             let faces = data.split(split);
-            let eval = fer::eval::evaluate_faces(&fer::eval::ensemble_logits(&models, &faces, tta), &faces);
+            let eval = fer::nn::score::evaluate_faces(&fer::nn::score::ensemble_logits(&models, &faces, tta), &faces);
             // What the views and models cost: each is one more forward pass.
             let flops = models.iter().map(|m| m.flops_with(tta)).sum::<anyhow::Result<i64>>()?;
             if tta != fer::config::Tta::None || models.len() > 1 {

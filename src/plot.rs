@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Once;
 
 use crate::data::{CLASSES, NUM_CLASSES, SIDE};
-use crate::eval::Evaluation;
+use crate::nn::score::Evaluation;
 use crate::record::EpochMetrics;
 
 const FONT: &str = "sans-serif";

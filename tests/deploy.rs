@@ -114,10 +114,10 @@ fn a_student_learns_from_the_teacher_alone() {
     // A teacher that also sees the mirror image teaches the mean of the two views: the same
     // target for a face and its mirror, which one view alone does not give.
     let one = Trained::load(&teacher, tch::Device::Cpu).unwrap();
-    let x = fer::eval::input_batches(&data.split(Split::PublicTest), 16, tch::Device::Cpu, 0.0).next().unwrap();
+    let x = fer::nn::score::input_batches(&data.split(Split::PublicTest), 16, tch::Device::Cpu, 0.0).next().unwrap();
     let teachers = [one];
     let flipped = fer::train::teach(&teachers, &x, true);
-    let by_hand = fer::eval::combine(&tch::no_grad(|| [x.shallow_clone(), x.flip([3])].map(|v| tch::nn::ModuleT::forward_t(&teachers[0].net, &v, false))));
+    let by_hand = fer::nn::score::combine(&tch::no_grad(|| [x.shallow_clone(), x.flip([3])].map(|v| tch::nn::ModuleT::forward_t(&teachers[0].net, &v, false))));
     assert!(flipped.allclose(&by_hand, 1e-5, 1e-5, false), "the mean of the face's and the mirror's scores");
     assert!(flipped.allclose(&fer::train::teach(&teachers, &x.flip([3]), true), 1e-5, 1e-5, false), "a face and its mirror are taught alike");
     assert!(!fer::train::teach(&teachers, &x, false).allclose(&flipped, 1e-4, 1e-4, false), "one view alone teaches otherwise");
@@ -382,7 +382,8 @@ fn shipped_models_run_the_same_in_onnxruntime() {
 
 #[test]
 fn a_teacher_cache_teaches_what_the_teachers_would_and_builds_once() {
-    use fer::train::augment::{make_batch, render_view, AugmentConfig};
+    use fer::config::AugmentConfig;
+    use fer::train::augment::{make_batch, render_view};
     use fer::train::teacher_cache::TeacherCache;
     tch::set_num_threads(1);
     let data = synthetic([40, 14, 14], 5);

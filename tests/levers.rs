@@ -1,7 +1,8 @@
 mod common;
 
 use common::synthetic;
-use fer::train::augment::{make_batch, AugmentConfig};
+use fer::config::AugmentConfig;
+use fer::train::augment::make_batch;
 use fer::config::{Config, Teacher, Tta};
 use fer::data::{Split, NUM_CLASSES, PIXELS, SIDE};
 use fer::nn::model::{Attention, ConvNet, Layer};
@@ -372,7 +373,7 @@ fn progressive_resizing_grows_the_faces_and_needs_global_pooling() {
 fn a_time_budget_ends_the_run_where_its_schedule_ends() {
     tch::set_num_threads(1);
     let mut c = common::tiny_config("budget", 100_000);
-    c.train.schedule = fer::train::optim::Schedule::Linear { warmup: 0.2, start_factor: 0.1 };
+    c.train.schedule = fer::config::Schedule::Linear { warmup: 0.2, start_factor: 0.1 };
     c.train.time_budget_minutes = 0.02; // 1.2 seconds
     let runs = tempfile::tempdir().unwrap();
     let s = train(&c, &synthetic([64, 32, 32], 6), &common::opts(runs.path())).unwrap();
@@ -406,7 +407,7 @@ fn ten_crop_views_average_to_probabilities() {
     // Exactly the ten views: the four corners and the centre, each also mirrored (five views,
     // or the centre ten times, would score differently).
     assert_eq!(Tta::TenCrop.views(), 10);
-    let x = fer::eval::input_batches(&f, 100, tch::Device::Cpu, 0.0).next().unwrap();
+    let x = fer::nn::score::input_batches(&f, 100, tch::Device::Cpu, 0.0).next().unwrap();
     let mut outs = Vec::new();
     for (y, x0) in [(0, 0), (0, 8), (8, 0), (8, 8), (4, 4)] {
         let crop = x.narrow(2, y, 40).narrow(3, x0, 40);
@@ -414,9 +415,9 @@ fn ten_crop_views_average_to_probabilities() {
             outs.push(tch::no_grad(|| tch::nn::ModuleT::forward_t(&m.net, &view, false)));
         }
     }
-    let by_hand = fer::eval::combine(&outs);
+    let by_hand = fer::nn::score::combine(&outs);
     assert!(by_hand.allclose(&log_p, 1e-5, 1e-5, false), "ten-crop is the mean over the ten views");
-    assert!(!fer::eval::combine(&outs[..5]).allclose(&log_p, 1e-5, 1e-5, false), "five views would not do");
+    assert!(!fer::nn::score::combine(&outs[..5]).allclose(&log_p, 1e-5, 1e-5, false), "five views would not do");
 }
 
 #[test]
@@ -427,9 +428,9 @@ fn flip_shift_views_are_the_face_moved_both_ways_with_black_coming_in() {
     let f = synthetic([0, 0, 5], 3).split(Split::PrivateTest);
     let log_p = m.logits_with(&f, Tta::FlipShift);
     assert_eq!(Tta::FlipShift.views(), 6);
-    let x = fer::eval::input_batches(&f, 100, tch::Device::Cpu, 0.0).next().unwrap();
+    let x = fer::nn::score::input_batches(&f, 100, tch::Device::Cpu, 0.0).next().unwrap();
     // By hand: the face on a black border 2 pixels wide, read at the centre and 2 pixels either way.
-    let s = fer::eval::TTA_SHIFT;
+    let s = fer::nn::score::TTA_SHIFT;
     let framed = tch::Tensor::full([5, 1, 48 + 2 * s, 48 + 2 * s], -1.0, (tch::Kind::Float, tch::Device::Cpu));
     framed.narrow(2, s, 48).narrow(3, s, 48).copy_(&x);
     let mut outs = Vec::new();
@@ -439,8 +440,8 @@ fn flip_shift_views_are_the_face_moved_both_ways_with_black_coming_in() {
             outs.push(tch::no_grad(|| tch::nn::ModuleT::forward_t(&m.net, &view, false)));
         }
     }
-    assert!(fer::eval::combine(&outs).allclose(&log_p, 1e-5, 1e-5, false), "flip-shift is the mean over the six views");
-    assert!(!fer::eval::combine(&outs[..2]).allclose(&log_p, 1e-5, 1e-5, false), "the shifted views count: flips alone differ");
+    assert!(fer::nn::score::combine(&outs).allclose(&log_p, 1e-5, 1e-5, false), "flip-shift is the mean over the six views");
+    assert!(!fer::nn::score::combine(&outs[..2]).allclose(&log_p, 1e-5, 1e-5, false), "the shifted views count: flips alone differ");
     let text = c.to_toml();
     assert!(Config::parse(&text.replace("tta = \"none\"", "tta = \"flip_shift\"")).is_ok_and(|c| c.train.tta == Tta::FlipShift));
 }

@@ -154,7 +154,7 @@ fn a_resumed_run_matches_an_uninterrupted_one_with_every_stochastic_lever_on() {
         let t = &mut c.train;
         t.optimizer = fer::config::OptimizerKind::Adamw;
         t.weight_decay = 0.01;
-        t.schedule = fer::train::optim::Schedule::OneCycle { pct_start: 0.3, div_factor: 25.0, final_div_factor: 1e4 };
+        t.schedule = fer::config::Schedule::OneCycle { pct_start: 0.3, div_factor: 25.0, final_div_factor: 1e4 };
         t.label_smoothing = 0.1;
         t.ema_decay = 0.9;
         t.average_from = 3;
@@ -173,7 +173,7 @@ fn a_resumed_run_matches_an_uninterrupted_one_with_every_stochastic_lever_on() {
         t.optimizer = fer::config::OptimizerKind::Sgd;
         t.momentum = 0.9;
         t.nesterov = true;
-        t.schedule = fer::train::optim::Schedule::Plateau { patience: 0, factor: 0.5, min_lr: 0.0 };
+        t.schedule = fer::config::Schedule::Plateau { patience: 0, factor: 0.5, min_lr: 0.0 };
         t.early_stopping_patience = 2;
         c.augment.mixup_alpha = 0.4;
         c.augment.rotate_degrees = 10.0;
@@ -189,7 +189,7 @@ fn a_resumed_run_matches_an_uninterrupted_one_with_every_stochastic_lever_on() {
         t.teacher = Some(fer::config::Teacher::One(teacher.clone()));
         t.distill_weight = 0.5;
         t.precision = fer::config::Precision::Bf16;
-        t.schedule = fer::train::optim::Schedule::Cosine { warmup_epochs: 1.0, min_lr: 0.0 };
+        t.schedule = fer::config::Schedule::Cosine { warmup_epochs: 1.0, min_lr: 0.0 };
         t.focal_gamma = 1.0;
         c.augment.cutmix_alpha = 1.0;
         c
@@ -490,7 +490,7 @@ fn eval_from_scores_publictest_late_and_always_at_the_end_without_changing_the_t
     assert_eq!(late.val_acc, skipped.iter().filter_map(|m| m.val_acc).fold(0.0, f64::max));
     // With a time budget: by time, and the epoch the budget ends is scored.
     let mut b = tiny_config("late-budget", 100_000);
-    b.train.schedule = fer::train::optim::Schedule::Linear { warmup: 0.2, start_factor: 0.1 };
+    b.train.schedule = fer::config::Schedule::Linear { warmup: 0.2, start_factor: 0.1 };
     b.train.time_budget_minutes = 0.02;
     b.train.eval_from = 0.8;
     let s = train(&b, &data, &opts(runs.path())).unwrap();
@@ -507,6 +507,6 @@ fn eval_from_scores_publictest_late_and_always_at_the_end_without_changing_the_t
     stop.train.early_stopping_patience = 2;
     assert!(fer::config::Config::parse(&stop.to_toml()).unwrap_err().to_string().contains("early stopping"));
     stop.train.early_stopping_patience = 0;
-    stop.train.schedule = fer::train::optim::Schedule::Plateau { patience: 1, factor: 0.5, min_lr: 0.0 };
+    stop.train.schedule = fer::config::Schedule::Plateau { patience: 1, factor: 0.5, min_lr: 0.0 };
     assert!(fer::config::Config::parse(&stop.to_toml()).unwrap_err().to_string().contains("plateau"));
 }

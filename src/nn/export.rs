@@ -197,7 +197,7 @@ pub fn export_onnx(dir: &Path, data: Option<&Dataset>) -> anyhow::Result<OnnxChe
         agreement.faces - agreement.same_label,
         agreement.faces
     );
-    let val_acc = data.map(|_| crate::eval::evaluate(&tract_logits, &faces.labels).accuracy);
+    let val_acc = data.map(|_| crate::nn::score::evaluate(&tract_logits, &faces.labels).accuracy);
     write_atomic(&dir.join("model.onnx"), &onnx)?;
     let check = OnnxCheck { opset: super::onnx::OPSET, faces_from: faces_from.into(), agreement, val_acc };
     card.onnx = Some(check.clone());

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::data::{CLASSES, NUM_CLASSES};
-use crate::eval::Evaluation;
+use crate::nn::score::Evaluation;
 use crate::nn::export::Card;
 use crate::record::{EpochMetrics, Summary, TtaScore};
 

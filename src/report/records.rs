@@ -8,7 +8,7 @@ use std::path::Path;
 use super::{load_run, mean_std, network, Ablation, Noise, ReportInputs, Run};
 use crate::config::{Config, OptimizerKind};
 use crate::nn::model::Attention;
-use crate::train::optim::Schedule;
+use crate::config::Schedule;
 
 /// The methods of the path from the baseline to the shipped models, read from a config: the
 /// report's Y/N columns, so no row's marks are typed by hand.

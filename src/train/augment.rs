@@ -2,37 +2,11 @@
 //! Every batch's randomness comes from (seed, epoch, batch), so results do not depend on
 //! thread timing and a resumed epoch sees exactly the same batches.
 
-use serde::{Deserialize, Serialize};
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
 
+use crate::config::AugmentConfig;
 use crate::data::{Faces, NUM_CLASSES, SIDE};
-
-/// Every augmentation is off by default.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AugmentConfig {
-    /// Random crop with this much zero padding on each side (torchvision's RandomCrop(48, p)).
-    pub crop_padding: usize,
-    /// Mirror left-right with probability 1/2.
-    pub hflip: bool,
-    /// Random rotation in ±degrees.
-    pub rotate_degrees: f64,
-    /// Random scale in 1 ± scale.
-    pub scale: f64,
-    /// Random shift in ± this fraction of the side.
-    pub shift: f64,
-    /// Brightness factor in 1 ± brightness.
-    pub brightness: f64,
-    /// Contrast factor in 1 ± contrast (around the face's mean).
-    pub contrast: f64,
-    /// Probability of random erasing (a rectangle of 2-33% of the face set to 0 after scaling).
-    pub erasing: f64,
-    /// Mixup: blend pairs of faces and their labels with weight ~ Beta(alpha, alpha).
-    pub mixup_alpha: f64,
-    /// CutMix: paste a box from another face, labels blended by area, ratio ~ Beta(alpha, alpha).
-    pub cutmix_alpha: f64,
-}
 
 /// One training batch: images scaled to [-1, 1] (`side` x `side`), labels and, when mixed,
 /// soft targets `[n, 7]`; and per face, which face of the split it is and the crop and flip it

@@ -9,7 +9,7 @@ use tch::{Device, Tensor};
 
 use crate::config::Config;
 use crate::data::Faces;
-use crate::eval::{centre_view, input_batches};
+use crate::nn::score::{centre_view, input_batches};
 use crate::nn::model::Trained;
 
 /// The running mean of a model's variables over the epochs it has seen.

@@ -11,16 +11,16 @@ use std::time::Instant;
 use tch::nn::ModuleT;
 use tch::{Device, Kind, Tensor};
 
-use crate::config::{Config, Tta};
+use crate::config::{Config, Schedule, Tta};
 use crate::data::{write_atomic, Dataset, Faces, Split, NUM_CLASSES};
-use crate::eval::combine;
+use crate::nn::score::combine;
 use crate::nn::model::{copy_named, param_count, save_atomic, Trained};
 use crate::record::{machine_name, AverageScore, BlurScore, EpochMetrics, Summary};
 use augment::epoch_batches;
 use average::WeightAverage;
 use ema::Ema;
 use loss::Loss;
-use optim::{Optimizer, Schedule};
+use optim::Optimizer;
 use teacher_cache::TeacherCache;
 
 pub mod augment;

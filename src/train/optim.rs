@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use tch::{nn, Tensor};
 
-use crate::config::{OptimizerKind, TrainConfig};
+use crate::config::{OptimizerKind, Schedule, TrainConfig};
 
 pub struct Optimizer {
     kind: OptimizerKind,
@@ -138,77 +138,6 @@ impl Optimizer {
         }
         self.steps = steps;
         Ok(())
-    }
-}
-
-/// Learning-rate schedules. Step, cosine and one-cycle are functions of progress; the plateau
-/// schedule reacts to PublicTest accuracy and keeps its state in the run's checkpoint.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Schedule {
-    Constant,
-    /// Multiply by `gamma` every `every` epochs.
-    Step { every: usize, #[serde(default = "half")] gamma: f64 },
-    /// Linear warm-up over `warmup_epochs`, then cosine decay to `min_lr`.
-    Cosine {
-        #[serde(default)]
-        warmup_epochs: f64,
-        #[serde(default)]
-        min_lr: f64,
-    },
-    /// One-cycle (as PyTorch's OneCycleLR, cosine): up to lr over `pct_start`, then down.
-    OneCycle {
-        #[serde(default = "pct_start")]
-        pct_start: f64,
-        #[serde(default = "div_factor")]
-        div_factor: f64,
-        #[serde(default = "final_div_factor")]
-        final_div_factor: f64,
-    },
-    /// Up in a straight line from `base x start_factor` to `base` over the first `warmup` of
-    /// the run, then straight down to zero at its end: the speedruns' triangle.
-    Linear {
-        #[serde(default = "linear_warmup")]
-        warmup: f64,
-        #[serde(default = "start_factor")]
-        start_factor: f64,
-    },
-    /// Multiply by `factor` when PublicTest accuracy has not improved for `patience` epochs.
-    Plateau {
-        #[serde(default = "patience")]
-        patience: usize,
-        #[serde(default = "half")]
-        factor: f64,
-        #[serde(default)]
-        min_lr: f64,
-    },
-}
-
-fn half() -> f64 {
-    0.5
-}
-fn pct_start() -> f64 {
-    0.3
-}
-fn linear_warmup() -> f64 {
-    0.2
-}
-fn start_factor() -> f64 {
-    0.1
-}
-fn div_factor() -> f64 {
-    25.0
-}
-fn final_div_factor() -> f64 {
-    1e4
-}
-fn patience() -> usize {
-    2
-}
-
-impl Default for Schedule {
-    fn default() -> Self {
-        Schedule::Constant
     }
 }
 

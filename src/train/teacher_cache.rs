@@ -19,9 +19,10 @@ use std::time::Instant;
 use tch::nn::ModuleT;
 use tch::{Device, Kind, Tensor};
 
-use super::augment::{render_view, AugmentConfig, View};
+use super::augment::{render_view, View};
+use crate::config::AugmentConfig;
 use crate::data::{Faces, PIXELS, SIDE};
-use crate::eval::combine;
+use crate::nn::score::combine;
 use crate::nn::model::{save_atomic, Trained};
 
 /// Faces per file: about 2 minutes of a 313-MFLOP teacher's passes on 2 cores.
