@@ -124,7 +124,12 @@ pub struct Summary {
     /// PublicTest than the weights themselves.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ema: bool,
+    /// The epochs' wall time, evaluations included.
     pub train_seconds: f64,
+    /// With `train.teacher_cache`: what the teachers took to score every view once, not in
+    /// `train_seconds` and shared by every student of the same teachers and views.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher_cache_seconds: Option<f64>,
     pub threads: i32,
     pub device: String,
     pub machine: String,

@@ -431,9 +431,16 @@ fn a_teacher_cache_teaches_what_the_teachers_would_and_builds_once() {
     let written = std::fs::metadata(&chunk).unwrap().modified().unwrap();
     let built = std::fs::read_to_string(dir.join("build.jsonl")).unwrap();
     assert!(built.contains("\"views\":50"), "25 crops, each also mirrored: {built}");
-    TeacherCache::open_or_build(&teachers, &faces, &augment, false, runs.path(), tch::Device::Cpu, true).unwrap();
+    let again = TeacherCache::open_or_build(&teachers, &faces, &augment, false, runs.path(), tch::Device::Cpu, true).unwrap();
     assert_eq!(std::fs::metadata(&chunk).unwrap().modified().unwrap(), written);
     assert_eq!(std::fs::read_to_string(dir.join("build.jsonl")).unwrap(), built);
+    // What the scoring took is the build's record, read again by every later student; a chunk
+    // scored twice counts once, at its last scoring.
+    let line: serde_json::Value = serde_json::from_str(built.trim()).unwrap();
+    assert!(cache.build_seconds > 0.0 && cache.build_seconds == line["seconds"].as_f64().unwrap() && again.build_seconds == cache.build_seconds);
+    fer::record::append_json_line(&dir.join("build.jsonl"), &serde_json::json!({"chunk": 0, "faces": 40, "views": 50, "seconds": 1000.0})).unwrap();
+    let rescored = TeacherCache::open_or_build(&teachers, &faces, &augment, false, runs.path(), tch::Device::Cpu, true).unwrap();
+    assert_eq!(rescored.build_seconds, 1000.0);
     TeacherCache::open_or_build(&teachers[..1], &faces, &augment, false, runs.path(), tch::Device::Cpu, true).unwrap();
     assert_eq!(std::fs::read_dir(runs.path().join("teacher-cache")).unwrap().count(), 2);
     // A file cut short is an error that says how to recover, not scores read wrong.
@@ -445,7 +452,8 @@ fn a_teacher_cache_teaches_what_the_teachers_would_and_builds_once() {
     // recipe refuses views the cache cannot hold.
     let data = synthetic([280, 70, 70], 21);
     let teacher_run = runs.path().join("teacher-run");
-    train(&tiny_config("teacher-run", 4), &data, &opts(runs.path())).unwrap();
+    let taught_by_none = train(&tiny_config("teacher-run", 4), &data, &opts(runs.path())).unwrap();
+    assert_eq!(taught_by_none.teacher_cache_seconds, None);
     let mut mislabelled = data.clone();
     for (label, split) in mislabelled.labels.iter_mut().zip(&mislabelled.splits) {
         if *split == Split::Training {
@@ -460,6 +468,8 @@ fn a_teacher_cache_teaches_what_the_teachers_would_and_builds_once() {
     student.augment = AugmentConfig { crop_padding: 1, ..Default::default() };
     let summary = train(&student, &mislabelled, &opts(runs.path())).unwrap();
     assert!(summary.val_acc > 0.5, "the student learned the classes from the cached teacher: {}", summary.val_acc);
+    // Its record keeps the scoring's time apart from its own epochs'.
+    assert!(summary.teacher_cache_seconds.is_some_and(|s| s > 0.0), "{:?}", summary.teacher_cache_seconds);
     let mixed = student.to_toml().replace("mixup_alpha = 0.0", "mixup_alpha = 0.2");
     let err = Config::parse(&mixed).unwrap_err().to_string();
     assert!(err.contains("teacher_cache") && err.contains("mixup_alpha"), "{err}");

@@ -53,6 +53,9 @@ pub struct Card {
     pub epochs: usize,
     pub best_epoch: usize,
     pub train_seconds: f64,
+    /// The teacher cache's scoring, apart from `train_seconds` (see the run's summary).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher_cache_seconds: Option<f64>,
     pub threads: i32,
     pub device: String,
     pub machine: String,
@@ -132,6 +135,7 @@ pub fn export(run: &Path, out: &Path, data: Option<&Dataset>) -> anyhow::Result<
         epochs: summary.epochs,
         best_epoch: summary.best_epoch,
         train_seconds: summary.train_seconds,
+        teacher_cache_seconds: summary.teacher_cache_seconds,
         threads: summary.threads,
         device: summary.device.clone(),
         machine: summary.machine.clone(),
@@ -243,7 +247,17 @@ pub fn card_markdown(card: &Card, train_config: &Config) -> String {
             },
         ),
         ("distilled from", card.teacher.clone().unwrap_or_else(|| "none".into())),
-        ("training time", format!("{:.0} s on {}, {} threads ({})", card.train_seconds, card.machine, card.threads, card.device)),
+        (
+            "training time",
+            format!(
+                "{:.0} s on {}, {} threads ({}){}",
+                card.train_seconds,
+                card.machine,
+                card.threads,
+                card.device,
+                card.teacher_cache_seconds.map_or(String::new(), |s| format!(", after {s:.0} s of the teachers scoring every view once (the teacher cache, shared with other students)"))
+            ),
+        ),
         (
             "folded model on PublicTest",
             card.folded_val_acc.map_or("not checked (no data at export)".into(), pct),

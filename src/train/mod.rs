@@ -237,6 +237,7 @@ pub fn train(config: &Config, data: &Dataset, opts: &TrainOptions) -> anyhow::Re
     if cache.is_some() {
         teachers.clear(); // the cache answers for them
     }
+    let teacher_cache_seconds = cache.as_ref().map(|c| c.build_seconds);
     let counts = data.counts()[Split::Training as usize];
     let loss_fn = Loss::new(&config.train, &counts, opts.device);
     let train_faces = Arc::new(train_faces);
@@ -441,7 +442,7 @@ pub fn train(config: &Config, data: &Dataset, opts: &TrainOptions) -> anyhow::Re
         config.name,
         config.train.eval_from
     );
-    finish(config, data, &dir, &state, &average, opts)
+    finish(config, data, &dir, &state, &average, teacher_cache_seconds, opts)
 }
 
 /// The trained models a distilled run learns from (none, one, or an ensemble), each checked
@@ -621,7 +622,7 @@ fn choose(config: &Config, training: Option<&Faces>, val_faces: &Faces, dir: &Pa
 
 /// Takes the run's choice on PublicTest ([`choose`]), then scores it on PrivateTest once, and
 /// writes `summary.json`.
-fn finish(config: &Config, data: &Dataset, dir: &Path, state: &RunState, average: &WeightAverage, opts: &TrainOptions) -> anyhow::Result<Summary> {
+fn finish(config: &Config, data: &Dataset, dir: &Path, state: &RunState, average: &WeightAverage, teacher_cache_seconds: Option<f64>, opts: &TrainOptions) -> anyhow::Result<Summary> {
     let summary_path = dir.join("summary.json");
     if let Ok(bytes) = std::fs::read(&summary_path) {
         // PrivateTest was already scored for this run: never touch it again.
@@ -656,6 +657,7 @@ fn finish(config: &Config, data: &Dataset, dir: &Path, state: &RunState, average
         ema: state.best_is_ema && !average.as_ref().is_some_and(|a| a.chosen),
         average,
         train_seconds: state.history.iter().map(|m| m.seconds).sum(),
+        teacher_cache_seconds,
         threads: tch::get_num_threads(),
         device: format!("{:?}", opts.device),
         machine: machine_name(),

@@ -33,6 +33,8 @@ pub struct TeacherCache {
     scores: Tensor,
     padding: i64,
     mirrors: i64,
+    /// What scoring every view took, whichever run built it: the sum of `build.jsonl`'s chunks.
+    pub build_seconds: f64,
 }
 
 impl TeacherCache {
@@ -90,7 +92,7 @@ impl TeacherCache {
         let scores = Tensor::cat(&parts, 0);
         let expected = [faces.len() as i64, teachers.len() as i64, views, crate::data::NUM_CLASSES as i64];
         anyhow::ensure!(scores.size() == expected, "{}: scores of shape {:?}, expected {expected:?}; delete the folder to build it again", dir.display(), scores.size());
-        Ok(TeacherCache { scores, padding, mirrors })
+        Ok(TeacherCache { scores, padding, mirrors, build_seconds: build_seconds(&dir)? })
     }
 
     /// Where `view` is in a face's row of views.
@@ -157,6 +159,21 @@ fn cache_dir(runs_dir: &Path, teachers: &[Trained], faces: &Faces, padding: i64,
     }
     hash.update(&faces.pixels);
     Ok(runs_dir.join("teacher-cache").join(&hash.finalize().to_hex()[..16]))
+}
+
+/// The seconds each chunk took, from `build.jsonl`; a chunk scored again (its file deleted)
+/// counts at its last scoring.
+fn build_seconds(dir: &Path) -> anyhow::Result<f64> {
+    let path = dir.join("build.jsonl");
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    let mut seconds = std::collections::BTreeMap::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let entry: serde_json::Value = serde_json::from_str(line).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        if let (Some(chunk), Some(s)) = (entry["chunk"].as_u64(), entry["seconds"].as_f64()) {
+            seconds.insert(chunk, s);
+        }
+    }
+    Ok(seconds.values().sum())
 }
 
 fn chunk_path(dir: &Path, chunk: usize) -> PathBuf {
