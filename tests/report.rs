@@ -212,6 +212,37 @@ fn a_changed_record_changes_the_rendered_number() {
 }
 
 #[test]
+fn a_new_run_of_the_front_joins_the_report_with_its_teacher_cache_time() {
+    // A run finished after the template's list was written still gets its row in the table of
+    // every run, and its PrivateTest score is counted; a cached teacher's scoring shows apart.
+    let root = tempfile::tempdir().unwrap();
+    copy_records(root.path());
+    let out = root.path().join("report");
+    let render = || {
+        fer::report::write(&project_inputs(root.path(), &out)).unwrap();
+        std::fs::read_to_string(out.join("REPORT.md")).unwrap()
+    };
+    let count = |text: &str| -> usize { text.split(" run records under `results/` hold a PrivateTest score").next().unwrap().rsplit(' ').next().unwrap().parse().unwrap() };
+    let before = render();
+    let (from, to) = (root.path().join("results/frontier/tiny-ensemble"), root.path().join("results/frontier/tiny-late-arrival"));
+    std::fs::create_dir_all(&to).unwrap();
+    for entry in std::fs::read_dir(&from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+    let mut summary: serde_json::Value = serde_json::from_slice(&std::fs::read(to.join("summary.json")).unwrap()).unwrap();
+    summary["name"] = "tiny-late-arrival".into();
+    summary["train_seconds"] = 600.0.into();
+    summary["teacher_cache_seconds"] = 7200.0.into();
+    std::fs::write(to.join("summary.json"), serde_json::to_vec(&summary).unwrap()).unwrap();
+    let after = render();
+    assert_eq!(count(&after), count(&before) + 1);
+    assert!(!before.contains("| tiny-late-arrival |"));
+    let row = after.lines().find(|l| l.starts_with("| tiny-late-arrival |")).expect("a row for the new run");
+    assert!(row.ends_with("| 10 + 120 |"), "{row}");
+}
+
+#[test]
 fn a_missing_record_fails_with_its_path() {
     let root = tempfile::tempdir().unwrap();
     copy_records(root.path());

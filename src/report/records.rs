@@ -6,9 +6,8 @@ use serde_json::{json, Value};
 use std::path::Path;
 
 use super::{load_run, mean_std, network, Ablation, Noise, ReportInputs, Run};
-use crate::config::{Config, OptimizerKind};
+use crate::config::{Config, OptimizerKind, Schedule};
 use crate::nn::model::Attention;
-use crate::config::Schedule;
 
 /// The methods of the path from the baseline to the shipped models, read from a config: the
 /// report's Y/N columns, so no row's marks are typed by hand.
@@ -103,6 +102,28 @@ pub fn card_value(dir: &Path) -> anyhow::Result<Value> {
 /// Any JSON record (the data statistics, a benchmark).
 pub fn json_value(path: &Path) -> anyhow::Result<Value> {
     serde_json::from_slice(&read(path)?).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// Every run record (a folder holding a `summary.json`, so scored once on PrivateTest) under
+/// `dir`, at any depth, as `name` joined with its path below `dir`, sorted.
+pub fn run_records(dir: &Path, name: &str) -> anyhow::Result<Vec<String>> {
+    fn walk(dir: &Path, name: &str, found: &mut Vec<String>) -> anyhow::Result<()> {
+        if dir.join("summary.json").is_file() {
+            found.push(name.to_string());
+        }
+        let entries = std::fs::read_dir(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+        for entry in entries {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                walk(&entry.path(), &format!("{name}/{}", entry.file_name().to_string_lossy()), found)?;
+            }
+        }
+        Ok(())
+    }
+    let mut found = Vec::new();
+    walk(dir, name.trim_end_matches('/'), &mut found)?;
+    found.sort();
+    Ok(found)
 }
 
 /// A JSON-lines record (one object a line: metrics, benchmarks), as a list.

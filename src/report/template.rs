@@ -167,6 +167,9 @@ pub fn environment(inputs: &ReportInputs, records: Arc<super::Records>, base: &P
         let path = s.at(&model);
         value(records::flops_value(if path.exists() { path.to_str().unwrap_or(&model) } else { &model }))
     });
+    // Every run record under a folder, at any depth: `run_records("results")`.
+    let s = scope.clone();
+    env.add_function("run_records", move |path: String| value(records::run_records(&s.at(&path), &path).map(|found| serde_json::json!(found))));
     let s = scope.clone();
     env.add_function("noise", move |paths: Vec<String>| value(records::noise_value(&paths.iter().map(|p| s.at(p)).collect::<Vec<_>>())));
     // Recipe b against recipe a, trained in pairs: the i-th run of each is one pair.
