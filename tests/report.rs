@@ -159,6 +159,13 @@ fn copy_records(to: &Path) {
     }
 }
 
+/// The project's report rendered over the records at `root`, into `root/report`.
+fn render_project(root: &Path) -> String {
+    let out = root.join("report");
+    fer::report::write(&project_inputs(root, &out)).unwrap();
+    std::fs::read_to_string(out.join("REPORT.md")).unwrap()
+}
+
 fn project_inputs(root: &Path, out: &Path) -> fer::report::ReportInputs {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     fer::report::ReportInputs {
@@ -192,11 +199,7 @@ fn the_committed_readme_is_what_its_template_renders() {
 fn a_changed_record_changes_the_rendered_number() {
     let root = tempfile::tempdir().unwrap();
     copy_records(root.path());
-    let out = root.path().join("report");
-    let render = || {
-        fer::report::write(&project_inputs(root.path(), &out)).unwrap();
-        std::fs::read_to_string(out.join("REPORT.md")).unwrap()
-    };
+    let render = || render_project(root.path());
     let before = render();
     // nano is the efficiency submission (the cheapest shipped model over the baseline on PublicTest).
     let card_path = root.path().join("models/nano/card.json");
@@ -217,11 +220,7 @@ fn a_new_run_of_the_front_joins_the_report_with_its_teacher_cache_time() {
     // every run, and its PrivateTest score is counted; a cached teacher's scoring shows apart.
     let root = tempfile::tempdir().unwrap();
     copy_records(root.path());
-    let out = root.path().join("report");
-    let render = || {
-        fer::report::write(&project_inputs(root.path(), &out)).unwrap();
-        std::fs::read_to_string(out.join("REPORT.md")).unwrap()
-    };
+    let render = || render_project(root.path());
     let count = |text: &str| -> usize { text.split(" run records under `results/` hold a PrivateTest score").next().unwrap().rsplit(' ').next().unwrap().parse().unwrap() };
     let before = render();
     let (from, to) = (root.path().join("results/frontier/tiny-ensemble"), root.path().join("results/frontier/tiny-late-arrival"));
