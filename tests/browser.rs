@@ -11,9 +11,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 fn found(tool: &str) -> bool {
-    let ok = Command::new(tool).arg("--version").output().is_ok_and(|o| o.status.success());
+    let version = if tool == "ffmpeg" { "-version" } else { "--version" };
+    let ok = Command::new(tool).arg(version).output().is_ok_and(|o| o.status.success());
     if !ok {
-        common::skip(&format!("{tool} is not installed (scripts/test.sh installs chromium and chromium-driver as root)"));
+        common::skip(&format!("{tool} is not installed (scripts/test.sh installs chromium and chromium-driver, scripts/env.sh ffmpeg, as root)"));
     }
     ok
 }
@@ -95,7 +96,7 @@ async fn face_titles(c: &fantoccini::Client) -> Vec<String> {
 
 #[test]
 fn the_page_labels_an_uploaded_photo_and_the_webcam() {
-    if !found("chromium") || !found("chromedriver") {
+    if !found("chromium") || !found("chromedriver") || !found("ffmpeg") {
         return;
     }
     let work = tempfile::tempdir().unwrap();
@@ -153,7 +154,13 @@ fn the_page_labels_an_uploaded_photo_and_the_webcam() {
 
         // 4. A server that has gone away says so.
         stop.send(()).unwrap();
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let addr = base.trim_start_matches("http://").to_string();
+        for _ in 0..500 {
+            if std::net::TcpStream::connect(&addr).is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         c.find(Locator::Id("file")).await.unwrap().send_keys(&w.join("group.png").display().to_string()).await.unwrap();
         wait_for_status(&c, "unreachable").await;
         c.close().await.unwrap();

@@ -10,6 +10,9 @@ fn fer(dir: &Path, args: &[&str]) -> Output {
         .args(["--threads", "1"])
         .args(args)
         .env("FER_CACHE", dir.join("cache"))
+        // A run's time budget counted in steps, not the wall's seconds, so a loaded machine
+        // trains the same epochs (src/train/mod.rs: Clock).
+        .env("FER_CLOCK_STEP_SECONDS", "0.05")
         .output()
         .unwrap()
 }
@@ -33,6 +36,7 @@ fn bad_data_exits_non_zero_with_a_clear_message() {
     assert!(!dir.path().join("stats").exists() && !dir.path().join("cache").exists(), "nothing half-written");
 
     let o = fer(dir.path(), &["--data", "nowhere", "data", "stats"]);
+    assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("nowhere: no such file or folder"));
 }
 

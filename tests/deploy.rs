@@ -358,11 +358,15 @@ fn shipped_models_run_the_same_in_onnxruntime() {
     let folders = shipped_model_folders();
     let onnx: Vec<_> = folders.iter().map(|d| d.join("model.onnx")).collect();
     let out = std::process::Command::new("python3").arg(root.join("scripts/onnxruntime_check.py")).arg(&raw).args(&onnx).output();
+    // Only an install that could not happen is a skip (scripts/script_env.py's INSTALL_FAILED);
+    // onnxruntime refusing a file, or the script failing, is a failure.
     let out = match out {
         Ok(o) if o.status.success() => o,
-        Ok(o) => return common::skip(&format!("onnxruntime could not run (no network for its install?): {}", String::from_utf8_lossy(&o.stderr).trim())),
+        Ok(o) if o.status.code() == Some(77) => return common::skip(&format!("onnxruntime could not be installed (no network?): {}", String::from_utf8_lossy(&o.stderr).trim())),
+        Ok(o) => panic!("scripts/onnxruntime_check.py failed ({}): {}", o.status, String::from_utf8_lossy(&o.stderr)),
         Err(e) => return common::skip(&format!("python3 is not installed: {e}")),
     };
+    assert!(folders.iter().any(|d| d.ends_with("tiny")) && folders.iter().any(|d| d.ends_with("accurate")), "checked {folders:?}");
     let answers: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     for (dir, path) in folders.iter().zip(&onnx) {
         let answer = &answers[path.to_str().unwrap()];

@@ -33,7 +33,9 @@ fn csv_seeds_and_regressions() {
 #[test]
 fn image_seeds_and_regressions() {
     let accepted = replay("image", properties::image);
-    assert_eq!(accepted.len(), inputs("seeds", "image").len(), "every seed image decodes: {accepted:?}");
+    for (seed, _) in inputs("seeds", "image") {
+        assert!(accepted.contains(&seed), "seed {seed} decodes: {accepted:?}");
+    }
 }
 
 #[test]

@@ -376,8 +376,12 @@ fn a_time_budget_ends_the_run_where_its_schedule_ends() {
     c.train.schedule = fer::config::Schedule::Linear { warmup: 0.2, start_factor: 0.1 };
     c.train.time_budget_minutes = 0.02; // 1.2 seconds
     let runs = tempfile::tempdir().unwrap();
-    let s = train(&c, &synthetic([64, 32, 32], 6), &common::opts(runs.path())).unwrap();
-    assert!(s.epochs >= 1 && s.epochs < 100_000, "the budget ended the run, not the epochs: {}", s.epochs);
+    // A clock of 0.05 s a step, so the budget holds 24 steps on any machine: 12 epochs of 2.
+    let steps = fer::train::Clock::Steps(0.05);
+    let opts = TrainOptions { clock: steps, ..common::opts(runs.path()) };
+    let s = train(&c, &synthetic([64, 32, 32], 6), &opts).unwrap();
+    assert_eq!(64usize.div_ceil(c.train.batch_size), 2, "two steps an epoch");
+    assert_eq!(s.epochs, 12, "the budget ended the run, not the epochs");
     let lines = std::fs::read_to_string(runs.path().join("budget/metrics.jsonl")).unwrap();
     let history: Vec<fer::record::EpochMetrics> = lines.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(history.len(), s.epochs);
@@ -387,7 +391,7 @@ fn a_time_budget_ends_the_run_where_its_schedule_ends() {
     assert!(last.fraction.is_none_or(|f| f > 0.0 && f < 1.0));
     assert!(history.iter().all(|m| m.eval_seconds.is_some_and(|e| e <= m.seconds)));
     // A finished budget run resumed is finished: it neither trains nor scores again.
-    let again = train(&c, &synthetic([64, 32, 32], 6), &TrainOptions { resume: true, ..common::opts(runs.path()) }).unwrap();
+    let again = train(&c, &synthetic([64, 32, 32], 6), &TrainOptions { resume: true, ..opts }).unwrap();
     assert_eq!((again.epochs, again.test_acc), (s.epochs, s.test_acc));
 }
 

@@ -71,6 +71,53 @@ pub struct TrainOptions {
     /// Stop after this many epochs in this call (the run stays resumable); for tests.
     pub stop_after: Option<usize>,
     pub quiet: bool,
+    /// Where the run's seconds come from (the wall, outside tests).
+    pub clock: Clock,
+}
+
+/// Where a run's seconds come from: what its time budget, its epochs' `seconds` and its
+/// evaluations' are measured in. The wall, except in tests, where `Steps(s)` moves `s` seconds
+/// at each training step and not otherwise, so that a budget ends at the same step however
+/// loaded the machine. `FER_CLOCK_STEP_SECONDS=s` sets it for a whole process (the command-line
+/// tests), as `FER_CRASH_AT` sets crash points.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum Clock {
+    #[default]
+    Wall,
+    Steps(f64),
+}
+
+impl Clock {
+    fn from_env() -> Clock {
+        match std::env::var("FER_CLOCK_STEP_SECONDS").ok().and_then(|s| s.parse::<f64>().ok()) {
+            Some(s) => Clock::Steps(s),
+            None => Clock::Wall,
+        }
+    }
+}
+
+/// A run's seconds since this call began, on its [`Clock`].
+struct Stopwatch {
+    clock: Clock,
+    start: Instant,
+    steps: u64,
+}
+
+impl Stopwatch {
+    fn new(clock: Clock) -> Stopwatch {
+        Stopwatch { clock, start: Instant::now(), steps: 0 }
+    }
+
+    fn now(&self) -> f64 {
+        match self.clock {
+            Clock::Wall => self.start.elapsed().as_secs_f64(),
+            Clock::Steps(s) => self.steps as f64 * s,
+        }
+    }
+
+    fn step(&mut self) {
+        self.steps += 1;
+    }
 }
 
 impl Default for TrainOptions {
@@ -82,6 +129,7 @@ impl Default for TrainOptions {
             device: Device::Cpu,
             stop_after: None,
             quiet: false,
+            clock: Clock::from_env(),
         }
     }
 }
@@ -256,7 +304,8 @@ pub fn train(config: &Config, data: &Dataset, opts: &TrainOptions) -> anyhow::Re
         None => config.train.epochs,
     };
     // Epochs are timed back to back, so each one's time holds the previous one's checkpoint.
-    let mut epoch_start = Instant::now();
+    let mut watch = Stopwatch::new(opts.clock);
+    let mut epoch_start = watch.now();
     for epoch in state.epochs_done + 1..=last_epoch {
         if state.stopped_early || state.budget_spent {
             break;
@@ -272,7 +321,7 @@ pub fn train(config: &Config, data: &Dataset, opts: &TrainOptions) -> anyhow::Re
         for (b, batch_data) in batches_rx.iter().enumerate() {
             let len = batch_data.len() as i64;
             let progress_epochs = (epoch - 1) as f64 + b as f64 / batches as f64;
-            let Some(total) = clock.total_epochs(progress_epochs, started.elapsed().as_secs_f64()) else {
+            let Some(total) = clock.total_epochs(progress_epochs, watch.now() - started) else {
                 state.budget_spent = true;
                 break;
             };
@@ -302,6 +351,7 @@ pub fn train(config: &Config, data: &Dataset, opts: &TrainOptions) -> anyhow::Re
                 optimizer.clip_grad_norm(config.train.grad_clip);
             }
             optimizer.step();
+            watch.step();
             if let Some(ema) = &mut ema {
                 ema.update(optimizer.steps);
             }
@@ -314,7 +364,7 @@ pub fn train(config: &Config, data: &Dataset, opts: &TrainOptions) -> anyhow::Re
                 loss_sum / seen as f64,
                 100.0 * correct as f64 / seen as f64,
                 optimizer.lr,
-                seen as f64 / started.elapsed().as_secs_f64()
+                seen as f64 / (watch.now() - started).max(1e-9)
             ));
         }
         bar.finish_and_clear();
@@ -331,17 +381,17 @@ pub fn train(config: &Config, data: &Dataset, opts: &TrainOptions) -> anyhow::Re
         // `eval_from` skips PublicTest early in the run; the last epoch is always scored. With a
         // budget, an epoch that leaves less than a tenth of itself is the last: a next one
         // would end before its first step, after an epoch that may not have been scored.
-        let in_epoch = started.elapsed().as_secs_f64();
+        let in_epoch = watch.now() - started;
         let skips = config.train.eval_from > 0.0;
         if skips && clock.total_epochs(epoch as f64, 1.1 * in_epoch).is_none() {
             state.budget_spent = true;
         }
         let scored = state.budget_spent || epoch == config.train.epochs || clock.fraction(epoch, in_epoch) >= config.train.eval_from;
-        let eval_started = Instant::now();
+        let eval_started = watch.now();
         let val = scored.then(|| model.evaluate(&val_faces));
         let ema_val = ema.as_ref().filter(|_| scored).map(|e| e.model.evaluate(&val_faces));
-        let eval_seconds = scored.then(|| eval_started.elapsed().as_secs_f64());
-        epoch_start = Instant::now();
+        let eval_seconds = scored.then(|| watch.now() - eval_started);
+        epoch_start = watch.now();
         let metrics = EpochMetrics {
             epoch,
             train_loss: loss_sum / seen as f64,
@@ -349,7 +399,7 @@ pub fn train(config: &Config, data: &Dataset, opts: &TrainOptions) -> anyhow::Re
             val_loss: val.as_ref().map(|v| v.loss),
             val_acc: val.as_ref().map(|v| v.accuracy),
             lr: optimizer.lr,
-            seconds: (epoch_start - started).as_secs_f64(),
+            seconds: epoch_start - started,
             eval_seconds,
             ema_val_acc: ema_val.as_ref().map(|e| e.accuracy),
             ema_val_loss: ema_val.as_ref().map(|e| e.loss),

@@ -123,7 +123,8 @@ mod tests {
 
     #[test]
     fn a_face_embedded_then_cropped_comes_back() {
-        let face: Vec<u8> = (0..SIDE * SIDE).map(|i| ((i % SIDE) * 5 + (i / SIDE) * 2) as u8).collect();
+        // Bright in the top-left corner, so that an edge repeated and a black fill differ there.
+        let face: Vec<u8> = (0..SIDE * SIDE).map(|i| (200 - 2 * (i % SIDE) - 2 * (i / SIDE)) as u8).collect();
         let (canvas, frame) = embed(&face, 3, 0.5);
         assert_eq!(canvas.width(), 48 * 3 * 2);
         let gray = image::DynamicImage::ImageRgb8(canvas).to_luma8();
@@ -133,5 +134,6 @@ mod tests {
         // A frame hanging over the image's edge repeats the edge.
         let edge = crop(&gray, &FaceBox { x: -50.0, y: -50.0, w: 100.0, h: 100.0 });
         assert_eq!(edge[0], gray.get_pixel(0, 0).0[0]);
+        assert!(edge[0] > 150, "the corner's brightness, not a black fill: {}", edge[0]);
     }
 }
