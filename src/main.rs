@@ -581,6 +581,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 // The scores, and what was scored: the models, the views, the FLOPs of a face.
                 let mut record = serde_json::to_value(&eval)?;
                 record["models"] = serde_json::json!(names);
+                record["weights"] = serde_json::json!(dirs.iter().map(|d| fer::nn::model::weights_fingerprint(d)).collect::<anyhow::Result<Vec<_>>>()?);
                 record["tta"] = serde_json::json!(tta.to_string());
                 record["forward_passes"] = serde_json::json!(models.len() * tta.views());
                 record["fvcore_flops"] = serde_json::json!(flops);

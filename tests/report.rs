@@ -242,6 +242,33 @@ fn a_new_run_of_the_front_joins_the_report_with_its_teacher_cache_time() {
 }
 
 #[test]
+fn records_of_the_shipped_models_scores_are_of_the_weights_shipped_now() {
+    // The FER+ and ensemble records score models/<name>; shipping new weights there without
+    // scoring them again would leave the report quoting the old model (scripts/ferplus.sh and
+    // scripts/ensembles.sh write them again).
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut checked = 0;
+    for folder in ["results/ferplus", "results/ensembles"] {
+        for entry in std::fs::read_dir(root.join(folder)).unwrap() {
+            let path = entry.unwrap().path();
+            let record: serde_json::Value = match path.extension().and_then(|e| e.to_str()) {
+                Some("json") => serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap(),
+                _ => continue,
+            };
+            let Some(models) = record["models"].as_array() else { continue }; // not a model's scores
+            let weights = record["weights"].as_array().unwrap_or_else(|| panic!("{}: no weights fingerprints; score it again", path.display()));
+            assert_eq!(models.len(), weights.len(), "{}", path.display());
+            for (model, fingerprint) in models.iter().zip(weights) {
+                let now = fer::nn::model::weights_fingerprint(&root.join(model.as_str().unwrap())).unwrap();
+                assert_eq!(fingerprint.as_str(), Some(now.as_str()), "{}: {model} has been shipped again since it was scored", path.display());
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 8, "the FER+ records of the four models at least: {checked}");
+}
+
+#[test]
 fn a_missing_record_fails_with_its_path() {
     let root = tempfile::tempdir().unwrap();
     copy_records(root.path());

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
 
@@ -853,11 +853,7 @@ impl Trained {
     /// model folder or a run folder.
     pub fn load(dir: &Path, device: Device) -> anyhow::Result<Trained> {
         let config = Config::load(&dir.join("config.toml"))?;
-        let weights = ["model.safetensors", "best.safetensors"]
-            .iter()
-            .map(|f| dir.join(f))
-            .find(|p| p.is_file())
-            .ok_or_else(|| anyhow::anyhow!("{}: no model.safetensors or best.safetensors", dir.display()))?;
+        let weights = weights_file(dir)?;
         let mut trained = Trained::new(&config, device)?;
         trained.vs.load(&weights).map_err(|e| anyhow::anyhow!("{}: {e}", weights.display()))?;
         Ok(trained)
@@ -871,6 +867,23 @@ impl Trained {
     pub fn flops_with(&self, tta: Tta) -> anyhow::Result<i64> {
         Ok(super::flops::count_config(&self.config)?.with_views(tta.views()))
     }
+}
+
+/// The weights of a model folder (`model.safetensors`) or of a run (its best, `best.safetensors`).
+pub fn weights_file(dir: &Path) -> anyhow::Result<PathBuf> {
+    ["model.safetensors", "best.safetensors"]
+        .iter()
+        .map(|f| dir.join(f))
+        .find(|p| p.is_file())
+        .ok_or_else(|| anyhow::anyhow!("{}: no model.safetensors or best.safetensors", dir.display()))
+}
+
+/// A short fingerprint of the weights `dir` holds (blake3 of the file), so that a record of a
+/// model's scores says which weights it scored, and goes stale visibly when they change.
+pub fn weights_fingerprint(dir: &Path) -> anyhow::Result<String> {
+    let path = weights_file(dir)?;
+    let bytes = std::fs::read(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(blake3::hash(&bytes).to_hex()[..16].to_string())
 }
 
 /// Sets every variable of `vs` to the tensor named `prefix` + its name.
