@@ -1,8 +1,8 @@
 //! Crash points for the tests that break things on purpose: `FER_CRASH_AT=<point>:<n>` ends the
 //! process the n-th time it reaches `point` (n defaults to 1), at once and without cleaning up,
 //! as a power cut or SIGKILL would; `FER_PANIC_AT=<point>:<n>` panics there instead, as a bug
-//! would. Unset (always, outside those tests), a crash point is a lookup of one environment
-//! variable.
+//! would; `FER_HOLD_AT=<point>=<file>` holds the thread there while the file exists. Unset
+//! (always, outside those tests), a crash point is a lookup of one environment variable.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -34,6 +34,22 @@ fn reached(variable: &str, name: &str) -> Option<usize> {
 pub fn panic_point(name: &str) {
     if let Some(n) = reached("FER_PANIC_AT", name) {
         panic!("fer: panicking on purpose at {name} (visit {n}; FER_PANIC_AT)");
+    }
+}
+
+/// Waits here while the file that `FER_HOLD_AT=<point>=<file>` names exists, after writing
+/// `<file>.reached`, so that a test can hold a thread at a known place (a server's worker busy
+/// for as long as the test needs) and let it go by deleting the file.
+pub fn hold_point(name: &str) {
+    let Ok(spec) = std::env::var("FER_HOLD_AT") else { return };
+    let Some((point, file)) = spec.split_once('=') else { return };
+    if point != name {
+        return;
+    }
+    let file = std::path::Path::new(file);
+    let _ = std::fs::write(file.with_extension("reached"), name);
+    while file.exists() {
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
 

@@ -152,25 +152,50 @@ fn concurrent_requests_all_get_answers_and_a_full_queue_says_503() {
     });
     assert!(answers.iter().all(|(status, a)| *status == 200 && a["faces"] == answers[0].1["faces"]));
 
-    // One worker, room for one waiting request: of 8 at once, some are turned away with 503.
-    let (base, _stop) = start_server(10_000_000, 1);
+    // One worker, room for one waiting request. The worker is held on its first request (a hold
+    // point: it waits while a file exists), so of 7 more at once exactly one waits in the queue
+    // and 6 are turned away with 503; let go, the held and the queued one are answered.
+    let hold = tempfile::tempdir().unwrap();
+    let held = hold.path().join("held");
+    std::fs::write(&held, b"").unwrap();
+    let spec = format!("serve:answer={}", held.display());
+    let (base, _server) = serve_process(&["--workers", "1", "--queue", "1"], &[("FER_HOLD_AT", &spec)], None);
+    let url = format!("{base}/api/predict");
     let statuses: Vec<u16> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..8).map(|_| s.spawn(|| post(&format!("{base}/api/predict"), "image/jpeg", &photo))).collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                let (status, answer) = h.join().unwrap();
-                if status == 503 {
-                    assert!(answer["error"].as_str().unwrap().contains("busy"), "{answer}");
-                }
-                status
-            })
-            .collect()
+        let first = s.spawn(|| post(&url, "image/jpeg", &photo));
+        for wait in 0.. {
+            if held.with_extension("reached").exists() {
+                break;
+            }
+            assert!(wait < 3000, "the worker never reached its hold point");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let more: Vec<_> = (0..7).map(|_| s.spawn(|| post(&url, "image/jpeg", &photo))).collect();
+        // The turned-away are answered at once, while the worker is still held (the bound is
+        // only a guard against a hang); then it is let go.
+        for _ in 0..3000 {
+            if more.iter().filter(|h| h.is_finished()).count() >= 6 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let answered_while_held = more.iter().filter(|h| h.is_finished()).count();
+        std::fs::remove_file(&held).unwrap();
+        let mut statuses = Vec::new();
+        for h in more.into_iter().chain([first]) {
+            let (status, answer) = h.join().unwrap();
+            if status == 503 {
+                assert!(answer["error"].as_str().unwrap().contains("busy"), "{answer}");
+            }
+            statuses.push(status);
+        }
+        assert_eq!(answered_while_held, 6, "{statuses:?}");
+        statuses
     });
-    assert!(statuses.iter().all(|&s| s == 200 || s == 503), "{statuses:?}");
-    assert!(statuses.contains(&503) && statuses.contains(&200), "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|&&s| s == 503).count(), 6, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|&&s| s == 200).count(), 2, "{statuses:?}");
     // And afterwards it serves again.
-    assert_eq!(post(&format!("{base}/api/predict"), "image/jpeg", &photo).0, 200);
+    assert_eq!(post(&url, "image/jpeg", &photo).0, 200);
 }
 
 /// `fer serve` as its own process on a free loopback port (`extra` flags, `env` set, and at most

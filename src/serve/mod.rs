@@ -200,6 +200,7 @@ fn work(pipeline: &Pipeline, jobs: Arc<Mutex<Receiver<Job>>>) {
 /// One job's answer: the image decoded, its faces found and classified.
 fn answer(pipeline: &Pipeline, job: &Job) -> Result<Answer, ApiError> {
     crate::crash::panic_point("serve:answer");
+    crate::crash::hold_point("serve:answer");
     let queued = job.received.elapsed();
     let started = Instant::now();
     decode_image(&job.bytes).map_err(ApiError::from).map(|image| {
