@@ -297,7 +297,7 @@ pub fn train(config: &Config, data: &Dataset, opts: &TrainOptions) -> anyhow::Re
     if state.plateau_lr == 0.0 {
         state.plateau_lr = config.train.lr;
     }
-    let mut clock = Budget::new(config, &state.history);
+    let mut budget = Budget::new(config, &state.history);
 
     let last_epoch = match opts.stop_after {
         Some(k) => (state.epochs_done + k).min(config.train.epochs),
@@ -316,12 +316,12 @@ pub fn train(config: &Config, data: &Dataset, opts: &TrainOptions) -> anyhow::Re
         fastrand::Rng::with_seed(epoch_seed(config.seed, epoch)).shuffle(&mut order);
         let batches_rx = epoch_batches(train_faces.clone(), order, batch, side, config.augment.clone(), config.seed, epoch);
 
-        let bar = crate::progress::bar(batches, &format!("epoch {epoch}/{}", clock.epochs_in_words()), opts.quiet);
+        let bar = crate::progress::bar(batches, &format!("epoch {epoch}/{}", budget.epochs_in_words()), opts.quiet);
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0i64, 0usize);
         for (b, batch_data) in batches_rx.iter().enumerate() {
             let len = batch_data.len() as i64;
             let progress_epochs = (epoch - 1) as f64 + b as f64 / batches as f64;
-            let Some(total) = clock.total_epochs(progress_epochs, watch.now() - started) else {
+            let Some(total) = budget.total_epochs(progress_epochs, watch.now() - started) else {
                 state.budget_spent = true;
                 break;
             };
@@ -383,10 +383,10 @@ pub fn train(config: &Config, data: &Dataset, opts: &TrainOptions) -> anyhow::Re
         // would end before its first step, after an epoch that may not have been scored.
         let in_epoch = watch.now() - started;
         let skips = config.train.eval_from > 0.0;
-        if skips && clock.total_epochs(epoch as f64, 1.1 * in_epoch).is_none() {
+        if skips && budget.total_epochs(epoch as f64, 1.1 * in_epoch).is_none() {
             state.budget_spent = true;
         }
-        let scored = state.budget_spent || epoch == config.train.epochs || clock.fraction(epoch, in_epoch) >= config.train.eval_from;
+        let scored = state.budget_spent || epoch == config.train.epochs || budget.fraction(epoch, in_epoch) >= config.train.eval_from;
         let eval_started = watch.now();
         let val = scored.then(|| model.evaluate(&val_faces));
         let ema_val = ema.as_ref().filter(|_| scored).map(|e| e.model.evaluate(&val_faces));
@@ -414,7 +414,7 @@ pub fn train(config: &Config, data: &Dataset, opts: &TrainOptions) -> anyhow::Re
             let partial = metrics.fraction.map_or(String::new(), |f| format!("  ({:.0}% of an epoch: the time budget is spent)", 100.0 * f));
             println!(
                 "epoch {epoch:>3}/{}  train loss {:.4} acc {:.2}%  {val_words}{ema_words}  {:.0}s{partial}",
-                clock.epochs_in_words(),
+                budget.epochs_in_words(),
                 metrics.train_loss,
                 100.0 * metrics.train_acc,
                 metrics.seconds
@@ -472,7 +472,7 @@ pub fn train(config: &Config, data: &Dataset, opts: &TrainOptions) -> anyhow::Re
         state.epochs_done = epoch;
         state.optimizer_steps = optimizer.steps;
         state.averaged_epochs = average.epochs;
-        clock.epoch_done(&metrics);
+        budget.epoch_done(&metrics);
         state.history.push(metrics.clone());
         write_atomic(&state_file, &serde_json::to_vec_pretty(&state)?)?;
         if state.best_epoch == epoch {
