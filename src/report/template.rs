@@ -132,6 +132,8 @@ pub fn environment(inputs: &ReportInputs, records: Arc<super::Records>, base: &P
     env.add_filter("pp", |v: Value| -> Result<String, Error> { Ok(format!("{:+.2}", 100.0 * number(&v)?)) });
     env.add_filter("num", |v: Value| -> Result<String, Error> { Ok(thousands(number(&v)?.round() as i64)) });
     env.add_filter("fixed", |v: Value, digits: usize| -> Result<String, Error> { Ok(format!("{:.*}", digits, number(&v)?)) });
+    // How many halvings a ratio is (a FLOP saving read per factor of two).
+    env.add_filter("log2", |v: Value| -> Result<f64, Error> { Ok(number(&v)?.log2()) });
     // FLOPs as GFLOPs with every digit (0.004553344), so a worked division reproduces.
     env.add_filter("gflops", |v: Value| -> Result<String, Error> { Ok(format!("{}", number(&v)? / 1e9)) });
     env.add_filter("mflops", |v: Value| -> Result<String, Error> { Ok(format!("{:.2}", number(&v)? / 1e6)) });
