@@ -337,7 +337,9 @@ fn the_report_prints_to_a_pdf_whose_pages_are_not_blank() {
         let ink = img.pixels().filter(|p| p.0[0] < 240).count() as f64 / img.pixels().len() as f64;
         assert!(ink > 0.01, "{} is blank ({ink})", path.display());
     }
-    assert!((8..=20).contains(&count), "{count} pages");
+    // About 24 pages today (sections, appendix tables and figures); far more would be a layout
+    // broken into a page per table or figure.
+    assert!((8..=28).contains(&count), "{count} pages");
     // Numbered figures and tables, cited in the text.
     let md = std::fs::read_to_string(out.path().join("REPORT.md")).unwrap();
     assert!(md.contains("*Figure 1.") && md.contains("<em>Table 1.</em>") && md.contains("(Figure 1)"), "numbered and cited");

@@ -731,7 +731,8 @@ fn html(md: &str, base: &Path) -> String {
 }
 
 /// One style for the screen and the printed PDF: A4 pages numbered at the foot, figures and
-/// tables kept whole, wide tables in a smaller type.
+/// tables kept whole, wide tables in a smaller type, figures no taller than a third of a page
+/// so that they share it with the text around them.
 const STYLE: &str = "
 body { font-family: 'DejaVu Serif', Georgia, serif; max-width: 980px; margin: 2em auto; line-height: 1.45; color: #111; }
 h1, h2, h3 { font-family: 'DejaVu Sans', Helvetica, sans-serif; }
@@ -744,5 +745,5 @@ img { display: block; max-width: 100%; margin: 0.8em auto 0.2em; break-inside: a
 pre { background: #f4f4f4; padding: 8px; font-size: 0.8em; white-space: pre-wrap; }
 code { font-size: 0.9em; }
 @page { size: A4; margin: 16mm 14mm 18mm; @bottom-center { content: counter(page); font-family: sans-serif; font-size: 9pt; } }
-@media print { body { max-width: none; margin: 0; font-size: 10.2pt; } h2, h3 { break-after: avoid; } table { font-size: 8.5pt; break-inside: auto; } tr { break-inside: avoid; } }
+@media print { body { max-width: none; margin: 0; font-size: 10.2pt; } h2, h3 { break-after: avoid; } table { font-size: 8.5pt; break-inside: auto; } tr { break-inside: avoid; } img { max-height: 9.5cm; width: auto; } }
 ";
