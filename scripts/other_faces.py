@@ -44,23 +44,24 @@ SOURCE = "github.com/muxspace/facial_expressions"
 
 
 def labelled_photos(root):
-    """(path, class) for every photo of data/legend.csv with one of the seven expressions; a photo
-    listed twice counts once, or not at all when its two labels differ."""
-    seen = collections.defaultdict(set)
+    """(path, class, labeller) for every photo of data/legend.csv with one of the seven
+    expressions; a photo listed twice counts once, or not at all when its two labels differ."""
+    seen, labeller = collections.defaultdict(set), {}
     with open(root / "data" / "legend.csv", newline="") as f:
         for row in csv.DictReader(f):
             emotion = row["emotion"].strip().lower()
             if emotion not in LABELS:
                 sys.exit(f"legend.csv: unknown expression {row['emotion']!r} for {row['image']}")
             seen[row["image"]].add(LABELS[emotion])
+            labeller[row["image"]] = row["user.id"]
     photos = []
     for name, labels in sorted(seen.items()):
         if len(labels) == 1 and None not in labels:
             path = root / "images" / name
             if not path.exists():
                 sys.exit(f"{path}: listed in legend.csv but missing (is the clone complete?)")
-            photos.append((path, labels.pop()))
-    stems = collections.Counter(p.stem.lower() for p, _ in photos)
+            photos.append((path, labels.pop(), labeller[name]))
+    stems = collections.Counter(p.stem.lower() for p, _, _ in photos)
     clash = [s for s, n in stems.items() if n > 1]
     if clash:
         sys.exit(f"photos sharing a name, whose faces would share a file: {clash[:5]}")
@@ -82,8 +83,9 @@ def main():
     work = ROOT / "runs" / "other-faces"
     work.mkdir(parents=True, exist_ok=True)
     photos = labelled_photos(root)
-    label = {str(p): c for p, c in photos}
-    (work / "photos.txt").write_text("".join(f"{p}\n" for p, _ in photos))
+    label = {str(p): c for p, c, _ in photos}
+    labeller = {str(p): who for p, _, who in photos}
+    (work / "photos.txt").write_text("".join(f"{p}\n" for p, _, _ in photos))
     print(f"{len(photos)} photos with one of the seven expressions; finding their faces", file=sys.stderr)
     fer("predict", "--json", "--files-from", str(work / "photos.txt"), "--output", str(work / "found.jsonl"),
         "--resume", "--faces", str(work / "faces"))
@@ -96,6 +98,8 @@ def main():
         if face["file"] not in largest or area > largest[face["file"]][0]:
             largest[face["file"]] = (area, work / "faces" / f"{Path(face['file']).stem}-{face['face']}.png")
     chosen = {str(crop): label[file] for file, (_, crop) in largest.items()}
+    # How much of each class one labeller gave: a class mostly one person's is that person's reading.
+    by_labeller = collections.Counter((label[file], labeller[file]) for file in largest)
     (work / "faces.txt").write_text("".join(f"{c}\n" for c in chosen))
 
     predicted = {}
@@ -111,6 +115,8 @@ def main():
     record = {
         "source": SOURCE, "photos": len(photos), "faces_found": len(chosen),
         "faces_by_class": {c: counts[c] for c in CLASSES},
+        "labellers": len(set(labeller.values())),
+        "largest_labeller_share": {c: max(n for (k, _), n in by_labeller.items() if k == c) / counts[c] for c in CLASSES if counts[c]},
         "how": "fer's detector and FER-2013 framing once (the default model's pipeline), each photo's largest "
                "face; every classifier on the same 48x48 frames",
         "classifiers": {},
