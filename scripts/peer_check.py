@@ -16,10 +16,9 @@ import csv
 import json
 from pathlib import Path
 
-from peer import PACKAGES, PEER_VERSION, Peer
+from peer import CLASSES, PACKAGES, PEER_VERSION, Peer
 from script_env import ROOT, rerun_in_venv
 
-CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
 # FER+'s vote columns and the FER-2013 class of each (contempt, unknown and not-a-face have none).
 FERPLUS = [("neutral", 6), ("happiness", 3), ("surprise", 5), ("sadness", 4), ("anger", 0), ("disgust", 1),
            ("fear", 2), ("contempt", None), ("unknown", None), ("NF", None)]
