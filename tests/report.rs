@@ -178,21 +178,25 @@ fn project_inputs(root: &Path, out: &Path) -> fer::report::ReportInputs {
 }
 
 #[test]
-fn the_committed_readme_is_what_its_template_renders() {
-    // README.md is rendered from docs/report/README.md.j2 over the records: a hand edit, or a
-    // record changed without re-rendering, fails here (scripts/report.sh renders it again).
+fn the_committed_readme_and_speedrun_notes_are_what_their_templates_render() {
+    // README.md and results/speedrun/README.md are rendered from docs/report/ over the records: a
+    // hand edit, or a record changed without re-rendering, fails here (scripts/report.sh renders
+    // them again). The speedrun's notes import their definitions from docs/report/speedrun.j2.
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = tempfile::tempdir().unwrap();
-    let readme = out.path().join("README.md");
+    let documents = [("docs/report/README.md.j2", "README.md"), ("docs/report/speedrun.md.j2", "results/speedrun/README.md")];
     let inputs = fer::report::ReportInputs {
-        documents: vec![(root.join("docs/report/README.md.j2"), readme.clone())],
+        documents: documents.iter().map(|(t, o)| (root.join(t), out.path().join(o))).collect(),
         ..project_inputs(root, out.path())
     };
     fer::report::write(&inputs).unwrap();
-    let rendered = std::fs::read_to_string(&readme).unwrap();
-    let committed = std::fs::read_to_string(root.join("README.md")).unwrap();
-    assert!(rendered == committed, "README.md is stale: run scripts/report.sh");
-    assert!(committed.lines().count() <= 250, "the README is a front page: {} lines", committed.lines().count());
+    for (_, document) in documents {
+        let rendered = std::fs::read_to_string(out.path().join(document)).unwrap();
+        let committed = std::fs::read_to_string(root.join(document)).unwrap();
+        assert!(rendered == committed, "{document} is stale: run scripts/report.sh");
+    }
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    assert!(readme.lines().count() <= 250, "the README is a front page: {} lines", readme.lines().count());
 }
 
 #[test]
@@ -283,6 +287,26 @@ fn a_missing_record_fails_with_its_path() {
     let inputs = fer::report::ReportInputs { template: Some(template), ..project_inputs(root.path(), &root.path().join("r2")) };
     let msg = format!("{:#}", fer::report::write(&inputs).unwrap_err());
     assert!(msg.contains("undefined"), "{msg}");
+}
+
+#[test]
+fn a_template_imports_definitions_from_the_folder_it_is_in() {
+    // The report, the README and the speedrun's notes share definitions this way (speedrun.j2).
+    let root = tempfile::tempdir().unwrap();
+    copy_records(root.path());
+    let templates = root.path().join("templates");
+    std::fs::create_dir_all(&templates).unwrap();
+    std::fs::write(templates.join("shared.j2"), "{% set acc = run(\"results/baseline\").val_acc %}\n").unwrap();
+    std::fs::write(templates.join("t.md.j2"), "{% from \"shared.j2\" import acc %}{{ acc }}\n").unwrap();
+    let out = root.path().join("r");
+    fer::report::write(&fer::report::ReportInputs { template: Some(templates.join("t.md.j2")), ..project_inputs(root.path(), &out) }).unwrap();
+    let text = std::fs::read_to_string(out.join("REPORT.md")).unwrap();
+    let summary: fer::record::Summary = serde_json::from_slice(&std::fs::read(root.path().join("results/baseline/summary.json")).unwrap()).unwrap();
+    assert_eq!(text.trim().parse::<f64>().unwrap(), summary.val_acc);
+    // An import that is not there names itself.
+    std::fs::write(templates.join("t.md.j2"), "{% import \"missing.j2\" as m %}\n").unwrap();
+    let err = fer::report::write(&fer::report::ReportInputs { template: Some(templates.join("t.md.j2")), ..project_inputs(root.path(), &out) }).unwrap_err();
+    assert!(format!("{err:#}").contains("missing.j2"), "{err:#}");
 }
 
 #[test]

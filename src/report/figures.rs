@@ -21,14 +21,25 @@ fn err(e: impl std::fmt::Display) -> anyhow::Error {
 }
 
 /// A legend drawn in its own area, beside or below the plot: one row per entry.
-fn legend(area: &DrawingArea<BitMapBackend, Shift>, entries: &[(String, RGBColor, bool)]) -> anyhow::Result<()> {
-    for (i, (label, color, line)) in entries.iter().enumerate() {
+/// How a legend entry is drawn: as its series is.
+#[derive(Clone, Copy)]
+enum Mark {
+    Line,
+    Dot,
+    Cross,
+    Triangle,
+}
+
+fn legend(area: &DrawingArea<BitMapBackend, Shift>, entries: &[(String, RGBColor, Mark)]) -> anyhow::Result<()> {
+    for (i, (label, color, mark)) in entries.iter().enumerate() {
         let y = 20 + 26 * i as i32;
-        if *line {
-            area.draw(&PathElement::new(vec![(8, y), (34, y)], color.stroke_width(3))).map_err(err)?;
-        } else {
-            area.draw(&Circle::new((21, y), 5, color.filled())).map_err(err)?;
+        match mark {
+            Mark::Line => area.draw(&PathElement::new(vec![(8, y), (34, y)], color.stroke_width(3))),
+            Mark::Dot => area.draw(&Circle::new((21, y), 5, color.filled())),
+            Mark::Cross => area.draw(&Cross::new((21, y), 7, color.stroke_width(3))),
+            Mark::Triangle => area.draw(&TriangleMarker::new((21, y), 7, color.filled())),
         }
+        .map_err(err)?;
         area.draw(&Text::new(label.clone(), (42, y - 9), (FONT, 17).into_font().color(&BLACK))).map_err(err)?;
     }
     Ok(())
@@ -49,6 +60,8 @@ pub fn pareto(path: &Path, runs: &[std::path::PathBuf], models: &[std::path::Pat
         let card = super::load_card(dir)?;
         shipped.push((card.name.clone(), card.fvcore_flops as f64 / 1e9, 100.0 * card.test_acc));
     }
+    // A shipped model's run is the same weights before folding: one point, drawn as the model.
+    dots.retain(|d| !shipped.iter().any(|s| (d.1 - s.2).abs() < 1e-9 && d.0 >= s.1 && d.0 < 1.2 * s.1));
     let mut front: Vec<(f64, f64)> = dots.iter().copied().chain(shipped.iter().map(|s| (s.1, s.2))).collect();
     front.sort_by(|a, b| a.0.total_cmp(&b.0));
     let mut best = f64::MIN;
@@ -85,26 +98,49 @@ pub fn pareto(path: &Path, runs: &[std::path::PathBuf], models: &[std::path::Pat
     let label = |text: String, color: RGBColor, dx: i32, dy: i32| {
         move |coord: (f64, f64)| EmptyElement::at(coord) + Text::new(text.clone(), (dx, dy), (FONT, 17).into_font().color(&color))
     };
-    for (name, x, y) in &shipped {
-        chart.draw_series([Cross::new((*x, *y), 8, ORANGE.stroke_width(3))]).map_err(err)?;
-        chart.draw_series([label(format!("{name} {y:.2}%"), ORANGE, 10, 4)((*x, *y))]).map_err(err)?;
+    // Each label goes where it covers the fewest points and stays inside the plot: the first
+    // free place among its candidates, in order of preference (pixel offsets from its point).
+    let px = |p: (f64, f64)| chart.backend_coord(&p);
+    let shipped_px: Vec<(i32, i32)> = shipped.iter().map(|s| px((s.1, s.2))).collect();
+    let anchors_px: Vec<(i32, i32)> = ANCHORS.iter().map(|a| px((a.2, a.1))).collect();
+    let mut marks: Vec<(i32, i32)> = dots.iter().map(|&p| px(p)).collect();
+    marks.extend(shipped_px.iter().chain(&anchors_px));
+    for w in front.windows(2) {
+        let (a, b) = (px(w[0]), px(w[1]));
+        let steps = ((b.0 - a.0).abs().max((b.1 - a.1).abs()) / 4).max(1);
+        marks.extend((0..=steps).map(|i| (a.0 + (b.0 - a.0) * i / steps, a.1 + (b.1 - a.1) * i / steps)));
     }
-    for (name, y, x) in ANCHORS {
+    let (xr, yr) = chart.plotting_area().get_pixel_range();
+    let place = |at: (i32, i32), width: i32, candidates: &[(i32, i32)]| -> (i32, i32) {
+        let cost = |&(dx, dy): &(i32, i32)| {
+            // The text's box, grown by a marker's radius.
+            let (l, t, r, b) = (at.0 + dx - 6, at.1 + dy - 6, at.0 + dx + width + 6, at.1 + dy + 23);
+            let covered = marks.iter().filter(|m| m.0 >= l && m.0 <= r && m.1 >= t && m.1 <= b && **m != at).count();
+            let outside = l < xr.start || r > xr.end || t < yr.start || b > yr.end;
+            covered + if outside { 1000 } else { 0 }
+        };
+        candidates.iter().copied().min_by_key(|c| cost(c)).unwrap_or((10, 4))
+    };
+    for ((name, x, y), at) in shipped.iter().zip(shipped_px) {
+        chart.draw_series([Cross::new((*x, *y), 8, ORANGE.stroke_width(3))]).map_err(err)?;
+        let text = format!("{name} {y:.2}%");
+        let width = 8 * text.len() as i32;
+        let (dx, dy) = place(at, width, &[(10, 4), (10, -24), (-width - 10, -24), (-width - 10, 4)]);
+        chart.draw_series([label(text, ORANGE, dx, dy)((*x, *y))]).map_err(err)?;
+    }
+    for ((name, y, x), at) in ANCHORS.into_iter().zip(anchors_px) {
         chart.draw_series([TriangleMarker::new((x, y), 7, GREY.filled())]).map_err(err)?;
-        // Centred above the point (the shipped labels go right of theirs), or below it where a
-        // shipped model sits just above.
         let width = 8 * name.len() as i32;
-        let crowded = shipped.iter().any(|s| (s.1 / x).log10().abs() < 0.3 && (0.0..4.0).contains(&(s.2 - y)));
-        let dy = if crowded { 10 } else { -24 };
-        chart.draw_series([label(name.to_string(), GREY, -width / 2, dy)((x, y))]).map_err(err)?;
+        let (dx, dy) = place(at, width, &[(12, -9), (-width / 2, -28), (-width / 2, 10), (-width - 12, -9)]);
+        chart.draw_series([label(name.to_string(), GREY, dx, dy)((x, y))]).map_err(err)?;
     }
     legend(
         &side,
         &[
-            ("a run of this project".into(), LIGHT_BLUE, false),
-            ("the front (runs and models)".into(), BLUE, true),
-            ("shipped model (x), BN folded".into(), ORANGE, false),
-            ("published (grey triangles)".into(), GREY, false),
+            ("a run of this project, as trained".into(), LIGHT_BLUE, Mark::Dot),
+            ("the front (runs and models)".into(), BLUE, Mark::Line),
+            ("shipped model, BN folded".into(), ORANGE, Mark::Cross),
+            ("published".into(), GREY, Mark::Triangle),
         ],
     )?;
     root.present().map_err(err)?;
@@ -155,7 +191,7 @@ pub fn time_to_accuracy(path: &Path, runs: &[std::path::PathBuf], labels: &[Stri
     for (i, pts) in series.iter().enumerate() {
         chart.draw_series(LineSeries::new(pts.iter().copied(), PALETTE[i].stroke_width(2))).map_err(err)?;
     }
-    legend(&side, &labels.iter().enumerate().map(|(i, l)| (l.clone(), PALETTE[i], true)).collect::<Vec<_>>())?;
+    legend(&side, &labels.iter().enumerate().map(|(i, l)| (l.clone(), PALETTE[i], Mark::Line)).collect::<Vec<_>>())?;
     root.present().map_err(err)?;
     Ok(())
 }
@@ -194,8 +230,11 @@ pub fn curves(path: &Path, dir: &Path) -> anyhow::Result<()> {
     panel(&left, "Accuracy", "accuracy (%)", |m| Some(100.0 * m.train_acc), |m| m.val_acc.map(|a| 100.0 * a))?;
     panel(&right, "Loss", "loss", |m| Some(m.train_loss), |m| m.val_loss)?;
     let (a, b) = below.split_horizontally(550);
-    legend(&a, &[("Training: accuracy on the augmented batches; loss = the training objective".into(), PALETTE[0], true)])?;
-    legend(&b, &[("PublicTest: accuracy; loss = plain cross-entropy".into(), PALETTE[1], true)])?;
+    // The baseline trains on the faces as they are; most runs on augmented ones.
+    let augmented = crate::config::Config::parse(&run.config).map_or(true, |c| c.augment != crate::config::AugmentConfig::default());
+    let batches = if augmented { "accuracy on the augmented batches" } else { "accuracy on the batches" };
+    legend(&a, &[(format!("Training: {batches}; loss = the training objective"), PALETTE[0], Mark::Line)])?;
+    legend(&b, &[("PublicTest: accuracy; loss = plain cross-entropy".into(), PALETTE[1], Mark::Line)])?;
     root.present().map_err(err)?;
     Ok(())
 }
@@ -253,7 +292,7 @@ pub fn class_counts(path: &Path, stats: &Path) -> anyhow::Result<()> {
             }
         }
     }
-    let entries: Vec<(String, RGBColor, bool)> = splits.iter().enumerate().map(|(i, s)| (s.to_string(), PALETTE[i], false)).collect();
+    let entries: Vec<(String, RGBColor, Mark)> = splits.iter().enumerate().map(|(i, s)| (s.to_string(), PALETTE[i], Mark::Dot)).collect();
     legend(&side, &entries)?;
     side.draw(&Text::new("numbers: Training faces", (8, 110), (FONT, 15).into_font().color(&BLACK))).map_err(err)?;
     root.present().map_err(err)?;

@@ -144,11 +144,11 @@ const SECTIONS: [(&str, Section); 6] = [
 pub fn write(inputs: &ReportInputs) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(&inputs.out)?;
     let records = std::sync::Arc::new(Records::load(inputs)?);
-    let (name, source) = match &inputs.template {
-        Some(path) => read_template(path)?,
-        None => ("default.md.j2".to_string(), DEFAULT_TEMPLATE.to_string()),
+    let report = match &inputs.template {
+        Some(path) => template::Template::read(path)?,
+        None => template::Template::default_report(DEFAULT_TEMPLATE),
     };
-    let md = template::render(&name, &source, inputs, records.clone(), &inputs.out)?;
+    let md = template::render(&report, inputs, records.clone(), &inputs.out)?;
     let md_path = inputs.out.join("REPORT.md");
     crate::data::write_atomic(&md_path, md.as_bytes())?;
     let page = html(&md, &inputs.out);
@@ -158,19 +158,15 @@ pub fn write(inputs: &ReportInputs) -> anyhow::Result<PathBuf> {
     }
     if let Some(copy) = &inputs.copy_to {
         let base = copy.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        crate::data::write_atomic(copy, template::render(&name, &source, inputs, records.clone(), base)?.as_bytes())?;
+        crate::data::write_atomic(copy, template::render(&report, inputs, records.clone(), base)?.as_bytes())?;
     }
     for (path, out) in &inputs.documents {
-        let (name, source) = read_template(path)?;
+        let document = template::Template::read(path)?;
         let base = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        crate::data::write_atomic(out, template::render(&name, &source, inputs, records.clone(), base)?.as_bytes())?;
+        std::fs::create_dir_all(base)?;
+        crate::data::write_atomic(out, template::render(&document, inputs, records.clone(), base)?.as_bytes())?;
     }
     Ok(md_path)
-}
-
-fn read_template(path: &Path) -> anyhow::Result<(String, String)> {
-    let source = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("report template {}: {e}", path.display()))?;
-    Ok((path.file_name().map_or("template".into(), |n| n.to_string_lossy().into_owned()), source))
 }
 
 fn load_card(dir: &Path) -> anyhow::Result<Card> {

@@ -262,13 +262,43 @@ pub fn environment(inputs: &ReportInputs, records: Arc<super::Records>, base: &P
     env
 }
 
-/// Renders `source` twice (numbers first, then references to them) for a document in `base`.
-pub fn render(name: &str, source: &str, inputs: &ReportInputs, records: Arc<super::Records>, base: &Path) -> anyhow::Result<String> {
+/// A template to render: its file name (for errors), its text, and the folder that
+/// `{% import "x.j2" %}` reads other templates from (none for the built-in default).
+pub struct Template {
+    name: String,
+    source: String,
+    dir: Option<PathBuf>,
+}
+
+impl Template {
+    pub fn read(path: &Path) -> anyhow::Result<Template> {
+        let source = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("report template {}: {e}", path.display()))?;
+        let name = path.file_name().map_or("template".into(), |n| n.to_string_lossy().into_owned());
+        let dir = path.parent().map(|d| if d.as_os_str().is_empty() { PathBuf::from(".") } else { d.to_path_buf() });
+        Ok(Template { name, source, dir })
+    }
+
+    pub fn default_report(source: &str) -> Template {
+        Template { name: "default.md.j2".into(), source: source.into(), dir: None }
+    }
+}
+
+/// Renders a template twice (numbers first, then references to them) for a document in `base`.
+pub fn render(template: &Template, inputs: &ReportInputs, records: Arc<super::Records>, base: &Path) -> anyhow::Result<String> {
     let numbering = Arc::new(Mutex::new(Numbering::default()));
-    let env = environment(inputs, records, base, numbering.clone());
+    let mut env = environment(inputs, records, base, numbering.clone());
+    if let Some(dir) = template.dir.clone() {
+        // Shared definitions (e.g. the speedrun's records, read by the report and its notes)
+        // live beside the templates that import them.
+        env.set_loader(move |name| match std::fs::read_to_string(dir.join(name)) {
+            Ok(text) => Ok(Some(text)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(fail(format!("{}: {e}", dir.join(name).display()))),
+        });
+    }
     let mut text = String::new();
     for _ in 0..2 {
-        text = env.render_named_str(name, source, ()).map_err(|e| anyhow::anyhow!("{}", describe(&e)))?;
+        text = env.render_named_str(&template.name, &template.source, ()).map_err(|e| anyhow::anyhow!("{}", describe(&e)))?;
         numbering.lock().unwrap().next_pass();
     }
     Ok(text)
