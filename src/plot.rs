@@ -117,7 +117,8 @@ pub fn confusion_matrix(path: &Path, eval: &Evaluation, split: &str) -> anyhow::
     root.fill(&WHITE).map_err(err)?;
     let title = format!("Confusion matrix, {split}: accuracy {:.2}%", 100.0 * eval.accuracy);
     root.draw(&Text::new(title, (left, 15), (FONT, 22).into_font())).map_err(err)?;
-    root.draw(&Text::new("predicted", (left + 7 * cell / 2 - 35, 45), (FONT, 16).into_font())).map_err(err)?;
+    root.draw(&Text::new("predicted class", (left + 7 * cell / 2 - 55, 50), (FONT, 16).into_font())).map_err(err)?;
+    root.draw(&Text::new("true class", (8, 50), (FONT, 16).into_font())).map_err(err)?;
     for t in 0..7 {
         let support: u64 = eval.confusion[t].iter().sum::<u64>().max(1);
         let y = top + t as i32 * cell;

@@ -111,7 +111,7 @@ pub fn pareto(path: &Path, runs: &[std::path::PathBuf], models: &[std::path::Pat
         marks.extend((0..=steps).map(|i| (a.0 + (b.0 - a.0) * i / steps, a.1 + (b.1 - a.1) * i / steps)));
     }
     let (xr, yr) = chart.plotting_area().get_pixel_range();
-    let place = |at: (i32, i32), width: i32, candidates: &[(i32, i32)]| -> (i32, i32) {
+    let place = |marks: &mut Vec<(i32, i32)>, at: (i32, i32), width: i32, candidates: &[(i32, i32)]| -> (i32, i32) {
         let cost = |&(dx, dy): &(i32, i32)| {
             // The text's box, grown by a marker's radius.
             let (l, t, r, b) = (at.0 + dx - 6, at.1 + dy - 6, at.0 + dx + width + 6, at.1 + dy + 23);
@@ -119,19 +119,22 @@ pub fn pareto(path: &Path, runs: &[std::path::PathBuf], models: &[std::path::Pat
             let outside = l < xr.start || r > xr.end || t < yr.start || b > yr.end;
             covered + if outside { 1000 } else { 0 }
         };
-        candidates.iter().copied().min_by_key(|c| cost(c)).unwrap_or((10, 4))
+        let (dx, dy) = candidates.iter().copied().min_by_key(|c| cost(c)).unwrap_or((10, 4));
+        // Later labels avoid this one too.
+        marks.extend((0..=width / 6).flat_map(|i| [(at.0 + dx + 6 * i, at.1 + dy + 2), (at.0 + dx + 6 * i, at.1 + dy + 15)]));
+        (dx, dy)
     };
     for ((name, x, y), at) in shipped.iter().zip(shipped_px) {
         chart.draw_series([Cross::new((*x, *y), 8, ORANGE.stroke_width(3))]).map_err(err)?;
         let text = format!("{name} {y:.2}%");
         let width = 8 * text.len() as i32;
-        let (dx, dy) = place(at, width, &[(10, 4), (10, -24), (-width - 10, -24), (-width - 10, 4)]);
+        let (dx, dy) = place(&mut marks, at, width, &[(10, 4), (10, -24), (-width - 10, -24), (-width - 10, 4)]);
         chart.draw_series([label(text, ORANGE, dx, dy)((*x, *y))]).map_err(err)?;
     }
     for ((name, y, x), at) in ANCHORS.into_iter().zip(anchors_px) {
         chart.draw_series([TriangleMarker::new((x, y), 7, GREY.filled())]).map_err(err)?;
         let width = 8 * name.len() as i32;
-        let (dx, dy) = place(at, width, &[(12, -9), (-width / 2, -28), (-width / 2, 10), (-width - 12, -9)]);
+        let (dx, dy) = place(&mut marks, at, width, &[(12, -9), (-width / 2, -28), (-width / 2, 10), (-width - 12, -9)]);
         chart.draw_series([label(name.to_string(), GREY, dx, dy)((x, y))]).map_err(err)?;
     }
     legend(
@@ -221,7 +224,15 @@ pub fn curves(path: &Path, dir: &Path) -> anyhow::Result<()> {
             .y_label_area_size(60)
             .build_cartesian_2d(1f64..epochs.max(2.0), (lo - pad)..(hi + pad))
             .map_err(err)?;
-        chart.configure_mesh().x_desc("epoch").y_desc(y_desc).label_style((FONT, 15)).axis_desc_style((FONT, 17)).draw().map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc("epoch")
+            .y_desc(y_desc)
+            .x_label_formatter(&|v| format!("{v:.0}"))
+            .label_style((FONT, 15))
+            .axis_desc_style((FONT, 17))
+            .draw()
+            .map_err(err)?;
         for (pick, color) in [(train, PALETTE[0]), (val, PALETTE[1])] {
             chart.draw_series(LineSeries::new(run.metrics.iter().filter_map(|m| pick(m).map(|v| (m.epoch as f64, v))), color.stroke_width(2))).map_err(err)?;
         }

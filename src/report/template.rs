@@ -248,6 +248,15 @@ pub fn environment(inputs: &ReportInputs, records: Arc<super::Records>, base: &P
         Ok(path.display().to_string())
     });
     let s = scope.clone();
+    env.add_function("confusion_plot", move |file: String, run: String| -> Result<String, Error> {
+        let path = s.figure_path(&file);
+        let eval = s.at(&run).join("test_eval.json");
+        let eval: crate::nn::score::Evaluation = serde_json::from_slice(&std::fs::read(&eval).map_err(|e| fail(format!("{}: {e}", eval.display())))?)
+            .map_err(|e| fail(format!("{}: {e}", eval.display())))?;
+        crate::plot::confusion_matrix(&path, &eval, "PrivateTest").map_err(wrap)?;
+        Ok(path.display().to_string())
+    });
+    let s = scope.clone();
     env.add_function("classes_plot", move |file: String, stats: String| -> Result<String, Error> {
         let path = s.figure_path(&file);
         figures::class_counts(&path, &s.at(&stats)).map_err(wrap)?;
