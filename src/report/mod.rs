@@ -723,7 +723,38 @@ fn html(md: &str, base: &Path) -> String {
     });
     let mut body = String::new();
     pulldown_cmark::html::push_html(&mut body, events);
+    let body = keep_short_tables_whole(&body);
     format!("<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>FER-2013 report</title><style>{STYLE}</style></head><body>\n{body}</body></html>\n")
+}
+
+/// Wraps each table of at most `SHORT_TABLE_ROWS` rows, with the caption just above it, in a
+/// block the printer keeps on one page; longer tables may break between rows, their caption
+/// kept with their first rows.
+fn keep_short_tables_whole(body: &str) -> String {
+    const SHORT_TABLE_ROWS: usize = 16;
+    let mut out = String::with_capacity(body.len() + 256);
+    let mut rest = body;
+    while let Some(start) = rest.find("<table>") {
+        let end = rest[start..].find("</table>").map_or(rest.len(), |e| start + e + "</table>".len());
+        let (before, table) = (&rest[..start], &rest[start..end]);
+        let caption = before.rfind("<p class=\"caption\">").filter(|&c| {
+            before[c..].find("</p>").is_some_and(|close| before[c + close + "</p>".len()..].trim().is_empty())
+        });
+        if table.matches("<tr>").count() <= SHORT_TABLE_ROWS {
+            let head = caption.unwrap_or(start);
+            out.push_str(&before[..head]);
+            out.push_str("<div class=\"whole\">");
+            out.push_str(&before[head..]);
+            out.push_str(table);
+            out.push_str("</div>");
+        } else {
+            out.push_str(before);
+            out.push_str(table);
+        }
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// One style for the screen and the printed PDF: A4 pages numbered at the foot, figures and
@@ -738,8 +769,30 @@ td, th { border: 1px solid #bbb; padding: 2px 6px; }
 th { background: #f0f0f0; }
 img { display: block; max-width: 100%; margin: 0.8em auto 0.2em; break-inside: avoid; break-after: avoid; }
 .caption { font-size: 0.9em; break-after: avoid; margin-bottom: 0.2em; }
+.whole { break-inside: avoid; }
 pre { background: #f4f4f4; padding: 8px; font-size: 0.8em; white-space: pre-wrap; }
 code { font-size: 0.9em; }
 @page { size: A4; margin: 16mm 14mm 18mm; @bottom-center { content: counter(page); font-family: sans-serif; font-size: 9pt; } }
 @media print { body { max-width: none; margin: 0; font-size: 10.2pt; } h2, h3 { break-after: avoid; } table { font-size: 8.5pt; break-inside: auto; } tr { break-inside: avoid; } img { max-height: 9.5cm; width: auto; } }
 ";
+
+#[cfg(test)]
+mod tests {
+    use super::keep_short_tables_whole;
+
+    fn table(rows: usize) -> String {
+        format!("<table>{}</table>", "<tr><td>1</td></tr>".repeat(rows))
+    }
+
+    #[test]
+    fn a_short_table_and_its_caption_are_printed_whole_a_long_one_may_break() {
+        let short = format!("<p>text</p>\n<p class=\"caption\"><em>Table 1.</em> c</p>\n\n{}", table(3));
+        let got = keep_short_tables_whole(&short);
+        assert_eq!(got, format!("<p>text</p>\n<div class=\"whole\"><p class=\"caption\"><em>Table 1.</em> c</p>\n\n{}</div>", table(3)));
+        let long = format!("<p class=\"caption\">c</p>\n{}<p>after</p>", table(40));
+        assert_eq!(keep_short_tables_whole(&long), long);
+        // A caption with text between it and the table is not the table's.
+        let apart = format!("<p class=\"caption\">c</p><p>text</p>{}", table(2));
+        assert_eq!(keep_short_tables_whole(&apart), format!("<p class=\"caption\">c</p><p>text</p><div class=\"whole\">{}</div>", table(2)));
+    }
+}
