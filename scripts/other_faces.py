@@ -18,6 +18,7 @@ a run that stopped continues.
 """
 import collections
 import csv
+import hashlib
 import json
 import os
 import subprocess
@@ -103,7 +104,9 @@ def main():
 
     predicted = {}
     for model in MODELS:
-        out = work / f"{model}.jsonl"
+        # Named by the weights they came from: a model shipped again is scored again, not resumed.
+        weights = hashlib.sha256((ROOT / "models" / model / "model.safetensors").read_bytes()).hexdigest()[:12]
+        out = work / f"{model}-{weights}.jsonl"
         fer("predict", "--json", "--no-detect", "--model", model, "--files-from", str(work / "faces.txt"),
             "--output", str(out), "--resume")
         predicted[f"models/{model}"] = {f["file"]: f["label"] for f in jsonl(out)}
