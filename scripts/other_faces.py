@@ -9,7 +9,7 @@ The photos are not committed: clone the set and give its folder.
 
 fer finds and frames the faces once (`fer predict --faces`, the default model's pipeline); a
 photo's largest face is the one its label is for; then every classifier scores those same 48x48
-frames: the shipped models through `fer predict --no-detect --model M`, the peer in LiteRT as
+frames: the shipped models through `fer predict --no-detect --model models/M`, the peer in LiteRT as
 scripts/peer_check.py runs it. Contempt, which FER-2013 has no class for, is left out. Writes
 results/other-faces/muxspace.json: per classifier, accuracy over the photos with a face found,
 each class's recall and their mean (the classes are very unequal: most photos are happy or
@@ -107,7 +107,9 @@ def main():
         # Named by the weights they came from: a model shipped again is scored again, not resumed.
         weights = hashlib.sha256((ROOT / "models" / model / "model.safetensors").read_bytes()).hexdigest()[:12]
         out = work / f"{model}-{weights}.jsonl"
-        fer("predict", "--json", "--no-detect", "--model", model, "--files-from", str(work / "faces.txt"),
+        # The folder on disk, not the name: a name is the model compiled into the binary, which
+        # lags a model exported since the binary was built.
+        fer("predict", "--json", "--no-detect", "--model", str(ROOT / "models" / model), "--files-from", str(work / "faces.txt"),
             "--output", str(out), "--resume")
         predicted[f"models/{model}"] = {f["file"]: f["label"] for f in jsonl(out)}
     peer = Peer()
