@@ -104,12 +104,13 @@ def main():
 
     predicted = {}
     for model in MODELS:
-        # Named by the weights they came from: a model shipped again is scored again, not resumed.
-        weights = hashlib.sha256((ROOT / "models" / model / "model.safetensors").read_bytes()).hexdigest()[:12]
-        out = work / f"{model}-{weights}.jsonl"
         # The folder on disk, not the name: a name is the model compiled into the binary, which
-        # lags a model exported since the binary was built.
-        fer("predict", "--json", "--no-detect", "--model", str(ROOT / "models" / model), "--files-from", str(work / "faces.txt"),
+        # lags a model exported since the binary was built. Its answers are named by the weights
+        # they came from: a model shipped again is scored again, not resumed.
+        folder = ROOT / "models" / model
+        weights = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()[:12]
+        out = work / f"{model}-{weights}.jsonl"
+        fer("predict", "--json", "--no-detect", "--model", str(folder), "--files-from", str(work / "faces.txt"),
             "--output", str(out), "--resume")
         predicted[f"models/{model}"] = {f["file"]: f["label"] for f in jsonl(out)}
     peer = Peer()

@@ -20,7 +20,6 @@ fn err(e: impl std::fmt::Display) -> anyhow::Error {
     anyhow::anyhow!("figure: {e}")
 }
 
-/// A legend drawn in its own area, beside or below the plot: one row per entry.
 /// How a legend entry is drawn: as its series is.
 #[derive(Clone, Copy)]
 enum Mark {
@@ -30,6 +29,7 @@ enum Mark {
     Triangle,
 }
 
+/// A legend drawn in its own area, beside or below the plot: one row per entry.
 fn legend(area: &DrawingArea<BitMapBackend, Shift>, entries: &[(String, RGBColor, Mark)]) -> anyhow::Result<()> {
     for (i, (label, color, mark)) in entries.iter().enumerate() {
         let y = 20 + 26 * i as i32;
@@ -50,18 +50,19 @@ fn legend(area: &DrawingArea<BitMapBackend, Shift>, entries: &[(String, RGBColor
 /// published reference points as grey triangles.
 pub fn pareto(path: &Path, runs: &[std::path::PathBuf], models: &[std::path::PathBuf]) -> anyhow::Result<()> {
     crate::plot::register_font();
-    let mut dots = Vec::new();
-    for dir in runs {
-        let s = load_run(dir)?.summary;
-        dots.push((s.fvcore_flops as f64 / 1e9, 100.0 * s.test_acc));
-    }
+    // A shipped model's run is the same weights before folding: one point, drawn as the model.
     let mut shipped = Vec::new();
+    let mut shipped_runs = Vec::new();
     for dir in models {
         let card = super::load_card(dir)?;
         shipped.push((card.name.clone(), card.fvcore_flops as f64 / 1e9, 100.0 * card.test_acc));
+        shipped_runs.extend(super::records::card_value(dir)?["run"].as_str().map(String::from));
     }
-    // A shipped model's run is the same weights before folding: one point, drawn as the model.
-    dots.retain(|d| !shipped.iter().any(|s| (d.1 - s.2).abs() < 1e-9 && d.0 >= s.1 && d.0 < 1.2 * s.1));
+    let mut dots = Vec::new();
+    for dir in runs.iter().filter(|d| !d.file_name().is_some_and(|n| shipped_runs.iter().any(|r| n == r.as_str()))) {
+        let s = load_run(dir)?.summary;
+        dots.push((s.fvcore_flops as f64 / 1e9, 100.0 * s.test_acc));
+    }
     let mut front: Vec<(f64, f64)> = dots.iter().copied().chain(shipped.iter().map(|s| (s.1, s.2))).collect();
     front.sort_by(|a, b| a.0.total_cmp(&b.0));
     let mut best = f64::MIN;

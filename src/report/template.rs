@@ -250,9 +250,8 @@ pub fn environment(inputs: &ReportInputs, records: Arc<super::Records>, base: &P
     let s = scope.clone();
     env.add_function("confusion_plot", move |file: String, run: String| -> Result<String, Error> {
         let path = s.figure_path(&file);
-        let eval = s.at(&run).join("test_eval.json");
-        let eval: crate::nn::score::Evaluation = serde_json::from_slice(&std::fs::read(&eval).map_err(|e| fail(format!("{}: {e}", eval.display())))?)
-            .map_err(|e| fail(format!("{}: {e}", eval.display())))?;
+        let dir = s.at(&run);
+        let eval = super::load_run(&dir).map_err(wrap)?.test.ok_or_else(|| fail(format!("{}: no test_eval.json to plot", dir.display())))?;
         crate::plot::confusion_matrix(&path, &eval, "PrivateTest").map_err(wrap)?;
         Ok(path.display().to_string())
     });
